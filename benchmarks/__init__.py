@@ -1,0 +1,1 @@
+"""Quality and speed benchmarks; each script prints a table and can write JSON."""

@@ -1,0 +1,1 @@
+"""Strata's diffusion pipelines, one file per capability, and the model loader."""

@@ -1,0 +1,75 @@
+"""One loader for every model Strata runs on: the embedded default, a local diffusers folder, or a hub id.
+
+Hub ids stay real (users have internet); offline they fail with a message that names the embedded
+default, instead of a stack of connection errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+EMBEDDED = "embedded"
+EMBEDDED_MODEL = WEIGHTS_DIR / "world-sd"
+EMBEDDED_CONTROLNET = WEIGHTS_DIR / "world-controlnet"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to use instead."""
+
+
+def resolve_model(model: str | os.PathLike | None, embedded_path: Path = EMBEDDED_MODEL) -> str:
+    """The path or hub id to load: the embedded default for None/"embedded", else the argument.
+
+    A local path must be a diffusers folder; anything that is not an existing path is a hub id.
+    """
+    if model is None or str(model) == EMBEDDED:
+        if not (embedded_path / "model_index.json").exists() and not (embedded_path / "config.json").exists():
+            raise ModelLoadError(f"the embedded default model is missing at {embedded_path}; "
+                                 "train it with `python -m world.train` or check out the repository's weights/")
+        return str(embedded_path)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not ((path / "model_index.json").exists() or (path / "config.json").exists()):
+            raise ModelLoadError(f"model: {path} is not a diffusers folder (no model_index.json or config.json); "
+                                 f"pass a folder saved with save_pretrained, a hub id, or {EMBEDDED!r}")
+        return str(path)
+    if str(model).count("/") > 1 or str(model).startswith((".", "/", "~")):
+        raise ModelLoadError(f"model: {model} does not exist; pass an existing diffusers folder, a hub id "
+                             f"such as 'org/name', or {EMBEDDED!r} for the embedded default")
+    return str(model)
+
+
+def _offline_message(model: str, err: Exception) -> str:
+    return (f"could not load {model!r} from the Hugging Face Hub ({type(err).__name__}). This machine looks "
+            f"offline or the id does not exist; use the embedded default model ({EMBEDDED!r}, at "
+            f"{EMBEDDED_MODEL}) or a local diffusers folder")
+
+
+def load_pipeline(model: str | os.PathLike | None = EMBEDDED, pipeline_class: type[DiffusionPipeline] = StableDiffusionPipeline,
+                  **kwargs) -> DiffusionPipeline:
+    """Load a pipeline of pipeline_class from the embedded default, a local folder or a hub id."""
+    source = resolve_model(model)
+    if not Path(source).exists():
+        kwargs.setdefault("local_files_only", os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"))
+    try:
+        return pipeline_class.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        if Path(source).exists():
+            raise ModelLoadError(f"model: could not load the diffusers folder {source}: {err}") from err
+        raise ModelLoadError(_offline_message(source, err)) from err
+
+
+def load_controlnet(model: str | os.PathLike | None = EMBEDDED, **kwargs) -> ControlNetModel:
+    source = resolve_model(model, EMBEDDED_CONTROLNET)
+    if not Path(source).exists():
+        kwargs.setdefault("local_files_only", os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"))
+    try:
+        return ControlNetModel.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        if Path(source).exists():
+            raise ModelLoadError(f"controlnet: could not load the diffusers folder {source}: {err}") from err
+        raise ModelLoadError(_offline_message(source, err)) from err

@@ -1,0 +1,201 @@
+"""The orbit world: primitives on a ground plane, seen by N cameras on an orbit.
+
+Gives per-view RGB, z-depth, instance masks and layout maps, writes a nerfstudio dataset folder
+(`transforms.json`, OpenGL camera axes) and supports geometric edits (move, scale, recolour one
+object) whose re-render gives the new per-view control maps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from world.geometry import Camera, Primitive, RenderedView, look_at, render_primitives
+from world.vocab import BACKGROUNDS, COLOURS, ORBIT_PRIMITIVES, check_word, object_phrase
+
+
+@dataclass(frozen=True)
+class OrbitObject:
+    primitive: str  # sphere | box | cylinder
+    colour: str
+    position: tuple[float, float]  # (x, y) on the ground, metres
+    scale: float  # radius (sphere, cylinder) or half side (box), metres
+    yaw: float = 0.0  # radians, boxes only
+
+    def __post_init__(self):
+        check_word("primitive", self.primitive, ORBIT_PRIMITIVES)
+        check_word("colour", self.colour, COLOURS)
+        if not self.scale > 0:
+            raise ValueError(f"scale: must be positive (metres), got {self.scale!r}")
+
+    def to_primitive(self) -> Primitive:
+        s = float(self.scale)
+        x, y = self.position
+        colour = COLOURS[self.colour]
+        if self.primitive == "sphere":
+            return Primitive("sphere", (x, y, s), (s, s, s), 0.0, colour, colour)
+        if self.primitive == "box":
+            return Primitive("box", (x, y, s), (s, s, s), self.yaw, colour, colour)
+        return Primitive("cylinder", (x, y, 1.2 * s), (s, s, 1.2 * s), 0.0, colour, colour)
+
+    @property
+    def prompt(self) -> str:
+        return object_phrase(self.colour, self.primitive)
+
+
+@dataclass(frozen=True)
+class OrbitSpec:
+    objects: tuple[OrbitObject, ...]
+    n_cameras: int = 8
+    orbit_radius: float = 6.0
+    elevation_deg: float = 30.0
+    fov_deg: float = 50.0
+    resolution: int = 64
+    ground: str = "grass"
+
+    def __post_init__(self):
+        if not isinstance(self.n_cameras, int) or self.n_cameras < 1:
+            raise ValueError(f"n_cameras: expected an integer ≥ 1, got {self.n_cameras!r}")
+        if not self.orbit_radius > 0:
+            raise ValueError(f"orbit_radius: must be positive, got {self.orbit_radius!r}")
+        if not 0 < self.elevation_deg < 90:
+            raise ValueError(f"elevation_deg: expected (0, 90), got {self.elevation_deg!r}")
+        if not isinstance(self.resolution, int) or self.resolution < 8:
+            raise ValueError(f"resolution: expected an integer ≥ 8, got {self.resolution!r}")
+        check_word("ground", self.ground, BACKGROUNDS)
+
+    @property
+    def caption(self) -> str:
+        phrases = [o.prompt for o in self.objects]
+        listed = phrases[0] if len(phrases) == 1 else " , ".join(phrases[:-1]) + " and " + phrases[-1]
+        return f"{listed} on {self.ground}" if phrases else f"an empty scene of {self.ground}"
+
+    def cameras(self) -> list[Camera]:
+        elevation = np.radians(self.elevation_deg)
+        cams = []
+        for k in range(self.n_cameras):
+            azimuth = 2 * np.pi * k / self.n_cameras
+            eye = self.orbit_radius * np.array([np.cos(azimuth) * np.cos(elevation),
+                                                np.sin(azimuth) * np.cos(elevation), np.sin(elevation)])
+            cams.append(Camera.from_fov(look_at(eye, (0.0, 0.0, 0.5)), self.fov_deg, self.resolution, self.resolution))
+        return cams
+
+
+def ground_texture(ground: str):
+    """A smooth world-space texture: the same ground point has the same colour from every view."""
+    base = np.array(BACKGROUNDS[ground], dtype=np.float64)
+
+    def colour(points: np.ndarray) -> np.ndarray:
+        x, y = points[:, 0], points[:, 1]
+        pattern = np.sin(1.3 * x) * np.sin(1.1 * y) + 0.5 * np.sin(0.7 * x + 0.4 * y)
+        return np.clip(base + 14.0 * pattern[:, None], 0, 255)
+
+    return colour
+
+
+def render_orbit(spec: OrbitSpec) -> list[RenderedView]:
+    prims = [o.to_primitive() for o in spec.objects]
+    texture = ground_texture(spec.ground)
+    return [render_primitives(cam, prims, texture) for cam in spec.cameras()]
+
+
+def sample_orbit_spec(seed: int, n_objects: int | tuple[int, int] = (2, 4), **camera_options) -> OrbitSpec:
+    """A few primitives with distinct colours, spread on the ground without touching."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (n_objects, n_objects) if isinstance(n_objects, int) else n_objects
+    if lo < 1 or hi < lo or hi > len(COLOURS):
+        raise ValueError(f"n_objects: expected 1 ≤ lo ≤ hi ≤ {len(COLOURS)}, got {n_objects!r}")
+    n = int(rng.integers(lo, hi + 1))
+    colours = rng.permutation(list(COLOURS))[:n]
+    objects: list[OrbitObject] = []
+    for i in range(n):
+        for _ in range(500):
+            scale = float(rng.uniform(0.4, 0.7))
+            pos = rng.uniform(-1.8, 1.8, size=2)
+            if all(np.hypot(*(pos - o.position)) > scale + o.scale + 0.3 for o in objects):
+                break
+        else:
+            raise ValueError(f"n_objects: could not place {n} objects without touching")
+        objects.append(OrbitObject(ORBIT_PRIMITIVES[rng.integers(3)], str(colours[i]),
+                                   (float(pos[0]), float(pos[1])), scale, float(rng.uniform(0, np.pi / 2))))
+    ground = camera_options.pop("ground", ["grass", "sand", "snow"][rng.integers(3)])
+    return OrbitSpec(tuple(objects), ground=ground, **camera_options)
+
+
+# ---- geometric edits: each returns a new spec; re-render it for the new control maps
+
+def _check_index(spec: OrbitSpec, index: int) -> None:
+    if not 0 <= index < len(spec.objects):
+        raise IndexError(f"index: object {index} does not exist; the scene has {len(spec.objects)}")
+
+
+def move_object(spec: OrbitSpec, index: int, offset: tuple[float, float]) -> OrbitSpec:
+    _check_index(spec, index)
+    obj = spec.objects[index]
+    moved = replace(obj, position=(obj.position[0] + offset[0], obj.position[1] + offset[1]))
+    return replace(spec, objects=spec.objects[:index] + (moved,) + spec.objects[index + 1:])
+
+
+def scale_object(spec: OrbitSpec, index: int, factor: float) -> OrbitSpec:
+    _check_index(spec, index)
+    if not factor > 0:
+        raise ValueError(f"factor: must be positive, got {factor!r}")
+    obj = spec.objects[index]
+    return replace(spec, objects=spec.objects[:index] + (replace(obj, scale=obj.scale * factor),) + spec.objects[index + 1:])
+
+
+def recolour_object(spec: OrbitSpec, index: int, colour: str) -> OrbitSpec:
+    _check_index(spec, index)
+    check_word("colour", colour, COLOURS)
+    obj = spec.objects[index]
+    return replace(spec, objects=spec.objects[:index] + (replace(obj, colour=colour),) + spec.objects[index + 1:])
+
+
+def control_map(view: RenderedView, max_depth: float = 12.0) -> np.ndarray:
+    """A (H, W, 4) float control image in [0, 1]: layout colours, then inverse-ish depth (near = 1)."""
+    depth = np.where(np.isfinite(view.depth), np.clip(1 - view.depth / max_depth, 0, 1), 0.0)
+    return np.concatenate([view.layout / 255.0, depth[..., None]], -1).astype(np.float32)
+
+
+def write_nerfstudio_dataset(spec: OrbitSpec, views: list[RenderedView], folder: str | Path) -> Path:
+    """Write images/, depths/ (16-bit PNG, millimetres), masks/ and transforms.json."""
+    from PIL import Image
+
+    folder = Path(folder)
+    for sub in ("images", "depths", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    cam0 = views[0].camera
+    frames = []
+    for k, view in enumerate(views):
+        name = f"frame_{k:05d}.png"
+        Image.fromarray(view.rgb).save(folder / "images" / name)
+        depth_mm = np.where(np.isfinite(view.depth), np.round(view.depth * 1000), 0).clip(0, 65535)
+        Image.fromarray(depth_mm.astype(np.uint16)).save(folder / "depths" / name)
+        Image.fromarray(((view.instance > 0) * 255).astype(np.uint8)).save(folder / "masks" / name)
+        frames.append({"file_path": f"images/{name}", "depth_file_path": f"depths/{name}",
+                       "mask_path": f"masks/{name}", "transform_matrix": view.camera.c2w_opengl().tolist()})
+    transforms = {"camera_model": "OPENCV", "fl_x": cam0.fx, "fl_y": cam0.fy, "cx": cam0.cx, "cy": cam0.cy,
+                  "w": cam0.width, "h": cam0.height, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+                  "depth_unit_scale_factor": 0.001, "frames": frames,
+                  "strata_scene": {"caption": spec.caption}}
+    (folder / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    return folder
+
+
+def read_transforms(path: str | Path) -> list[Camera]:
+    """Cameras (OpenCV axes) from a nerfstudio transforms.json."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    for key in ("fl_x", "fl_y", "cx", "cy", "w", "h", "frames"):
+        if key not in data:
+            raise ValueError(f"{path}: transforms.json is missing the field {key!r}")
+    cams = []
+    for i, frame in enumerate(data["frames"]):
+        if "transform_matrix" not in frame:
+            raise ValueError(f"{path}: frames[{i}] is missing the field 'transform_matrix'")
+        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64) @ np.linalg.inv(np.diag([1.0, -1, -1, 1]))
+        cams.append(Camera(c2w, data["fl_x"], data["fl_y"], data["cx"], data["cy"], int(data["w"]), int(data["h"])))
+    return cams
