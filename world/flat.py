@@ -225,8 +225,9 @@ def rough_mask_for(obj: FlatObject, resolution: int, rng: np.random.Generator,
     if kind == "blob":
         angle = np.arctan2(ys - cy, xs - cx)
         phases = rng.uniform(0, 2 * np.pi, size=3)
-        wobble = 1 + 0.12 * sum(np.sin((k + 2) * angle + phases[k]) for k in range(3))
-        radius = half * 1.25 * wobble  # a circle through the box corners would be 1.41×
+        wobble = 1 + 0.5 * sum(np.sin((k + 2) * angle + phases[k]) for k in range(3)) / 3
+        # The circle through the box corners contains any shape; the wobble only varies the margin.
+        radius = obj.size / 2 * np.sqrt(2) + margin * wobble
         return np.hypot(xs - cx, ys - cy) <= radius
     raise ValueError(f"kind: expected 'box' or 'blob', got {kind!r}")
 

@@ -96,10 +96,12 @@ def ground_texture(ground: str):
     return colour
 
 
-def render_orbit(spec: OrbitSpec) -> list[RenderedView]:
+def render_orbit(spec: OrbitSpec, views: list[int] | None = None) -> list[RenderedView]:
+    """Render every camera of the orbit, or only those listed in views."""
     prims = [o.to_primitive() for o in spec.objects]
     texture = ground_texture(spec.ground)
-    return [render_primitives(cam, prims, texture) for cam in spec.cameras()]
+    cams = spec.cameras()
+    return [render_primitives(cams[k], prims, texture) for k in (range(len(cams)) if views is None else views)]
 
 
 def sample_orbit_spec(seed: int, n_objects: int | tuple[int, int] = (2, 4), **camera_options) -> OrbitSpec:

@@ -246,12 +246,13 @@ def sample_street_clip(seed: int, n_frames: int = 8, image_size: tuple[int, int]
     return StreetClip(rig, tuple(frames), image_size)
 
 
-def render_street_frame(clip: StreetClip, frame: int) -> list[RenderedView]:
-    """Per-camera RGB, depth, instance ids and layout map of one frame."""
+def render_street_frame(clip: StreetClip, frame: int, cameras: list[int] | None = None) -> list[RenderedView]:
+    """Per-camera RGB, depth, instance ids and layout map of one frame (all cameras, or those listed)."""
     if not 0 <= frame < len(clip.frames):
         raise IndexError(f"frame: {frame} does not exist; the clip has {len(clip.frames)} frames")
     prims = [b.to_primitive() for b in clip.frames[frame].boxes]
-    return [render_primitives(cam, prims, street_ground) for cam in clip.cameras(frame)]
+    cams = clip.cameras(frame)
+    return [render_primitives(cams[k], prims, street_ground) for k in (range(len(cams)) if cameras is None else cameras)]
 
 
 def render_street_clip(clip: StreetClip) -> list[list[RenderedView]]:

@@ -1,0 +1,348 @@
+"""Train the embedded default model on data the world generates on the fly.
+
+Stages (each resumes from its own last checkpoint in --out/<stage>/):
+  vae         AutoencoderKL on flat, orbit and street images (L1 + small KL)
+  t2i         CLIP text encoder + UNet jointly on flat-scene captions, v-prediction, min-SNR
+              weighting, 10% caption dropout for classifier-free guidance
+  controlnet  ControlNet on orbit and street layout maps + depth, UNet and text encoder frozen
+  export      fp16 safetensors diffusers folders into weights/ (world-sd, world-controlnet)
+
+    python -m world.train --stage vae --steps 3000
+    python -m world.train --stage t2i --steps 20000 --batch 48
+    python -m world.train --stage controlnet --steps 5000
+    python -m world.train --stage export
+
+`accelerate launch -m world.train …` runs the same on GPUs (bf16 autocast there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+from diffusers.training_utils import EMAModel, compute_snr
+from PIL import Image
+from tqdm.auto import tqdm
+
+from world.flat import render_flat, sample_flat_spec
+from world.models import build_components, build_controlnet, scheduler_config
+from world.orbit import control_map, render_orbit, sample_orbit_spec
+from world.street import render_street_frame, sample_street_clip
+
+STAGES = ("vae", "t2i", "controlnet", "export")
+SAMPLE_CAPTIONS = ["a red circle on grass", "a blue square on sand", "a yellow triangle on water",
+                   "an orange circle and a black square on snow", "a pink triangle on road",
+                   "a purple square and a red triangle on grass", "an empty scene of water", "a black circle on sand"]
+
+
+# ---- data, generated on the fly -------------------------------------------------------------------
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W, 3) images → float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def flat_batch(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+    """Flat scenes, mostly with 1–2 objects (what the text-to-image benchmark asks), some 0 or 3."""
+    images, captions = [], []
+    for _ in range(batch):
+        n = int(rng.choice([0, 1, 1, 1, 2, 2, 2, 3]))
+        scene = render_flat(sample_flat_spec(int(rng.integers(2**31)), n, max_overlap=0.15 if n > 1 else 0.0))
+        images.append(scene.image)
+        captions.append(scene.caption)
+    return to_tensor(images), captions
+
+
+def control_batch(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Orbit and street views with their control maps (layout RGB + depth) and captions."""
+    images, controls, captions = [], [], []
+    while len(images) < batch:
+        if rng.random() < 0.6:
+            spec = sample_orbit_spec(int(rng.integers(2**31)), (1, 3), n_cameras=8)
+            for view in render_orbit(spec, list(rng.choice(8, size=2, replace=False))):
+                images.append(view.rgb)
+                controls.append(control_map(view))
+                captions.append(spec.caption)
+        else:
+            clip = sample_street_clip(int(rng.integers(2**31)), n_frames=1)
+            for view in render_street_frame(clip, 0, list(rng.choice(6, size=2, replace=False))):
+                images.append(view.rgb)
+                controls.append(control_map(view, max_depth=40.0))
+                captions.append("a street view")
+    control = torch.from_numpy(np.stack(controls[:batch])).permute(0, 3, 1, 2)
+    return to_tensor(images[:batch]), control, captions[:batch]
+
+
+def vae_batch(rng: np.random.Generator, batch: int) -> torch.Tensor:
+    n_flat = batch * 3 // 4
+    images = [render_flat(sample_flat_spec(int(rng.integers(2**31)), (0, 5), max_overlap=0.3)).image for _ in range(n_flat)]
+    extra, _, _ = control_batch(rng, batch - n_flat)
+    return torch.cat([to_tensor(images), extra])
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, step: int, models: dict, ema: EMAModel | None, optimizer, **extra) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "models": {k: m.state_dict() for k, m in models.items()},
+             "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(), **extra}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a crash mid-save never leaves a broken checkpoint
+
+
+def load_checkpoint(path: Path, models: dict, ema: EMAModel | None, optimizer) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for k, m in models.items():
+        m.load_state_dict(state["models"][k])
+    if ema is not None and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def grid(images: np.ndarray, cols: int = 4) -> Image.Image:
+    n, h, w, _ = images.shape
+    rows = math.ceil(n / cols)
+    canvas = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+    return Image.fromarray(canvas).resize((cols * 128, rows * 128), Image.NEAREST)
+
+
+# ---- the stages -----------------------------------------------------------------------------------
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / warmup)
+
+
+def load_components_from(out: Path) -> dict:
+    """Components with the trained VAE / text encoder / UNet (EMA weights) of earlier stages."""
+    comps = build_components()
+    vae_ckpt = out / "vae" / "last.pt"
+    if vae_ckpt.exists():
+        state = torch.load(vae_ckpt, map_location="cpu", weights_only=False)
+        comps["vae"].load_state_dict(state["models"]["vae"])
+        comps["vae"].register_to_config(scaling_factor=state.get("scaling_factor", 1.0))
+    t2i_ckpt = out / "t2i" / "last.pt"
+    if t2i_ckpt.exists():
+        state = torch.load(t2i_ckpt, map_location="cpu", weights_only=False)
+        comps["text_encoder"].load_state_dict(state["models"]["text_encoder"])
+        comps["unet"].load_state_dict(state["models"]["unet"])
+        if state.get("ema"):
+            ema = EMAModel(list(comps["unet"].parameters()) + list(comps["text_encoder"].parameters()))
+            ema.load_state_dict(state["ema"])
+            ema.copy_to(list(comps["unet"].parameters()) + list(comps["text_encoder"].parameters()))
+    return comps
+
+
+def latent_scale(vae: AutoencoderKL, rng: np.random.Generator) -> float:
+    with torch.no_grad():
+        x = vae_batch(rng, 32)
+        z = vae.encode(x).latent_dist.mean
+    return float(1.0 / z.std())
+
+
+def train(args) -> None:
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed + accelerator.process_index)
+    out = Path(args.out)
+    stage_dir = out / args.stage
+    (stage_dir / "samples").mkdir(parents=True, exist_ok=True)
+    comps = load_components_from(out)
+    tokenizer = comps["tokenizer"]
+    scheduler = DDIMScheduler(**scheduler_config())
+
+    if args.stage == "vae":
+        models = {"vae": comps["vae"]}
+        trainable = list(comps["vae"].parameters())
+    elif args.stage == "t2i":
+        models = {"unet": comps["unet"], "text_encoder": comps["text_encoder"]}
+        trainable = list(comps["unet"].parameters()) + list(comps["text_encoder"].parameters())
+    else:
+        controlnet = build_controlnet(comps["unet"])
+        models = {"controlnet": controlnet}
+        trainable = list(controlnet.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-2)
+    ema = EMAModel(trainable, decay=args.ema_decay, use_ema_warmup=True) if args.stage != "vae" else None
+    step = 0
+    ckpt = stage_dir / "last.pt"
+    if ckpt.exists() and not args.restart:
+        step = load_checkpoint(ckpt, models, ema, optimizer)
+        accelerator.print(f"resumed {args.stage} at step {step} from {ckpt}")
+    for m in ("vae", "unet", "text_encoder"):
+        comps[m].requires_grad_(m in models)
+    device = accelerator.device
+    for m in ("vae", "unet", "text_encoder"):
+        comps[m].to(device)
+    if args.stage == "controlnet":
+        controlnet.to(device)
+    optimizer = accelerator.prepare(optimizer)
+    if ema is not None:
+        ema.to(device)
+
+    def encode_text(captions: list[str]) -> torch.Tensor:
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(device)
+        return comps["text_encoder"](ids)[0]
+
+    log = open(stage_dir / "log.jsonl", "a")
+    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.stage}", disable=not accelerator.is_main_process)
+    t0 = time.time()
+    while step < args.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup)
+        with accelerator.autocast():
+            if args.stage == "vae":
+                x = vae_batch(rng, args.batch).to(device)
+                posterior = comps["vae"].encode(x).latent_dist
+                recon = comps["vae"].decode(posterior.sample()).sample
+                kl = posterior.kl().mean() / x[0].numel()
+                loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + args.kl_weight * kl
+            else:
+                if args.stage == "t2i":
+                    x, captions = flat_batch(rng, args.batch)
+                    control = None
+                else:
+                    x, control, captions = control_batch(rng, args.batch)
+                    control = control.to(device)
+                captions = ["" if rng.random() < 0.1 else c for c in captions]
+                with torch.no_grad():
+                    latents = comps["vae"].encode(x.to(device)).latent_dist.sample() * comps["vae"].config.scaling_factor
+                noise = torch.randn_like(latents)
+                t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), device=device)
+                noisy = scheduler.add_noise(latents, noise, t)
+                target = scheduler.get_velocity(latents, noise, t)
+                with torch.set_grad_enabled(args.stage == "t2i"):
+                    text = encode_text(captions)
+                if args.stage == "t2i":
+                    pred = comps["unet"](noisy, t, text).sample
+                else:
+                    down, mid = controlnet(noisy, t, text, controlnet_cond=control, return_dict=False)
+                    pred = comps["unet"](noisy, t, text, down_block_additional_residuals=down,
+                                         mid_block_additional_residual=mid).sample
+                snr = compute_snr(scheduler, t)
+                weight = torch.minimum(snr, torch.full_like(snr, args.snr_gamma)) / (snr + 1)
+                loss = (weight * F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))).mean()
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        if ema is not None:
+            ema.step(trainable)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 20 == 0:
+            log.write(json.dumps({"step": step, "loss": loss.item(), "seconds": time.time() - t0}) + "\n")
+            log.flush()
+        if step % args.save_every == 0 or step == args.steps:
+            extra = {}
+            if args.stage == "vae":  # latents are scaled to unit variance for the diffusion stages
+                extra["scaling_factor"] = latent_scale(comps["vae"], np.random.default_rng(0))
+                comps["vae"].register_to_config(scaling_factor=extra["scaling_factor"])
+            save_checkpoint(ckpt, step, models, ema, optimizer, **extra)
+        if args.sample_every and (step % args.sample_every == 0 or step == args.steps):
+            write_samples(args.stage, comps, models, ema, trainable, stage_dir / "samples" / f"step_{step:06d}.png")
+    bar.close()
+    log.close()
+
+
+@torch.no_grad()
+def write_samples(stage: str, comps: dict, models: dict, ema: EMAModel | None, trainable, path: Path) -> None:
+    """A sample grid with the EMA weights (restored afterwards)."""
+    rng = np.random.default_rng(123)
+    if ema is not None:
+        ema.store(trainable)
+        ema.copy_to(trainable)
+    try:
+        if stage == "vae":
+            x = vae_batch(rng, 8)
+            recon = comps["vae"](x.to(comps["vae"].device)).sample.cpu()
+            both = torch.cat([x, recon])
+            images = ((both.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        elif stage == "t2i":
+            pipe = StableDiffusionPipeline(**{**comps, "scheduler": DDIMScheduler(**scheduler_config())})
+            pipe.set_progress_bar_config(disable=True)
+            images = pipe(SAMPLE_CAPTIONS, num_inference_steps=20, guidance_scale=4.0, height=64, width=64,
+                          generator=torch.Generator().manual_seed(0), output_type="np").images
+            images = (images * 255).round().astype(np.uint8)
+        else:
+            x, control, captions = control_batch(rng, 4)
+            pipe = StableDiffusionControlNetPipeline(**{**comps, "controlnet": models["controlnet"],
+                                                       "scheduler": DDIMScheduler(**scheduler_config())})
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(captions, image=control, num_inference_steps=20, guidance_scale=4.0, height=64, width=64,
+                       generator=torch.Generator().manual_seed(0), output_type="np").images
+            target = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            layout = (control[:, :3].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+            images = np.concatenate([layout, target, (out * 255).round().astype(np.uint8)])
+        grid(images).save(path)
+    finally:
+        if ema is not None:
+            ema.restore(trainable)
+
+
+def export(args) -> None:
+    """Write fp16 diffusers folders for the embedded default (EMA weights)."""
+    out = Path(args.out)
+    comps = load_components_from(out)
+    dest = Path(args.weights)
+    pipe = StableDiffusionPipeline(**comps)
+    pipe.to(torch.float16)
+    pipe.save_pretrained(dest / "world-sd", safe_serialization=True)
+    cn_ckpt = out / "controlnet" / "last.pt"
+    if cn_ckpt.exists():
+        controlnet = build_controlnet(comps["unet"])
+        state = torch.load(cn_ckpt, map_location="cpu", weights_only=False)
+        controlnet.load_state_dict(state["models"]["controlnet"])
+        if state.get("ema"):
+            ema = EMAModel(list(controlnet.parameters()))
+            ema.load_state_dict(state["ema"])
+            ema.copy_to(list(controlnet.parameters()))
+        controlnet.to(torch.float16).save_pretrained(dest / "world-controlnet", safe_serialization=True)
+    steps = {s: torch.load(out / s / "last.pt", map_location="cpu", weights_only=False)["step"]
+             for s in ("vae", "t2i", "controlnet") if (out / s / "last.pt").exists()}
+    (dest / "training_steps.json").write_text(json.dumps(steps, indent=1) + "\n")
+    print(f"exported to {dest}: {steps}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--steps", type=int, default=1000, help="train until this global step")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 (vae 5e-4)")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--snr-gamma", type=float, default=5.0)
+    parser.add_argument("--kl-weight", type=float, default=1e-4)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--sample-every", type=int, default=500, help="write a sample grid every N steps (0: never)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--out", default="runs/train")
+    parser.add_argument("--weights", default=str(Path(__file__).resolve().parent.parent / "weights"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.lr is None:
+        args.lr = 5e-4 if args.stage == "vae" else 1e-3
+    if args.stage == "export":
+        export(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
