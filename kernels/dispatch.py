@@ -1,0 +1,94 @@
+"""Pick an implementation per call: triton on CUDA when triton imports, torch otherwise.
+
+The choice can be forced for a block of code (`with use_backend("torch"): …`), for the process
+(STRATA_ATTENTION_BACKEND=reference|torch|triton|naive), or per call (backend=…), and it is visible:
+`backend_for(device)` says what would run, and every call records what did (`last_backend()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+
+import torch
+
+from kernels import blended, neighbour, region
+
+BACKENDS = ("reference", "naive", "torch", "triton")
+_IMPLEMENTATIONS = {
+    "neighbour": {"reference": neighbour.reference, "naive": neighbour.naive, "torch": neighbour.torch_path,
+                  "triton": neighbour.triton_path},
+    "region": {"reference": region.reference, "naive": region.naive, "torch": region.torch_path,
+               "triton": region.triton_path},
+    "blended": {"reference": blended.reference, "naive": blended.naive, "torch": blended.torch_path,
+                "triton": blended.triton_path},
+}
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("strata_attention_backend", default=None)
+_last: contextvars.ContextVar[dict] = contextvars.ContextVar("strata_attention_last")
+
+
+def triton_available() -> bool:
+    return neighbour.triton is not None
+
+
+def _check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The backend a call on this device would use now."""
+    forced = _forced.get() or os.environ.get("STRATA_ATTENTION_BACKEND")
+    if forced:
+        return _check_backend(forced)
+    if triton_available() and torch.device(device).type == "cuda":
+        return "triton"
+    return "torch"
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force a backend inside the block (None: automatic)."""
+    token = _forced.set(_check_backend(name) if name else None)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def last_backend(pattern: str | None = None):
+    """What the last call ran: {pattern: backend}, or one pattern's backend."""
+    record = _last.get({})
+    return record if pattern is None else record.get(pattern)
+
+
+def _run(pattern: str, backend: str | None, device, *args, **kwargs):
+    name = _check_backend(backend) if backend else backend_for(device)
+    record = dict(_last.get({}))
+    record[pattern] = name
+    _last.set(record)
+    return _IMPLEMENTATIONS[pattern][name](*args, **kwargs)
+
+
+def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: str | None = None):
+    """Group g of q attends to the groups index[g] of k/v (see kernels.neighbour)."""
+    if q.dim() != 5 or k.shape[:3] != q.shape[:3] or k.shape != v.shape:
+        raise ValueError(f"q, k, v: expected (B, H, G, L, D) with matching B, H, G; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if index.dim() != 2 or index.shape[0] != q.shape[2] or bool((index >= q.shape[2]).any()):
+        raise ValueError(f"index: expected ({q.shape[2]}, M) entries in [-1, {q.shape[2]}), got {tuple(index.shape)}")
+    return _run("neighbour", backend, q.device, q, k, v, index, scale, q_hat=q_hat, w=w)
+
+
+def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None):
+    """Token n of q attends to key segment region[n] only (see kernels.region)."""
+    if plan is not None and (backend or backend_for(q.device)) in ("torch", "triton"):
+        return _run("region", backend, q.device, q, k, v, region, segment_length, scale, plan=plan)
+    return _run("region", backend, q.device, q, k, v, region, segment_length, scale)
+
+
+def blended_attention(q, k, v, q_hat, w, scale=None, backend: str | None = None):
+    """Attention with q' = (1 − w)·q + w·q̂ (see kernels.blended)."""
+    return _run("blended", backend, q.device, q, k, v, q_hat, w, scale)

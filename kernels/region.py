@@ -1,0 +1,185 @@
+"""Region cross-attention: query token n attends only to the key segment of its region.
+
+Keys are R prompts of T tokens each, concatenated (MQD's per-layer prompts, DrivingDiffusion's
+per-class local prompts). region[n] ∈ [0, R) picks the segment; -1 means no region covers the
+token, and its output is zero (defined, never NaN).
+
+Shapes: q (B, H, N, D); k, v (B, H, R·T, D); region (N,) shared by the batch, or (B, N).
+Output (B, H, N, D).
+
+Both fast paths use a `RegionPlan`: tokens sorted by segment and padded to chunks of C rows that
+all share one segment, so each chunk is a small dense attention against one T-token segment.
+The cost is (N + R·C)·T instead of R·N·T for a masked full product. A plan depends only on the
+region map, so a caller that keeps the map across steps builds it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+
+def _check(q, k, region, segment_length):
+    b, _, n, _ = q.shape
+    if k.shape[2] % segment_length:
+        raise ValueError(f"k: key length {k.shape[2]} is not a multiple of segment_length {segment_length}")
+    if region.shape not in ((n,), (b, n)):
+        raise ValueError(f"region: expected shape ({n},) or ({b}, {n}), got {tuple(region.shape)}")
+    return k.shape[2] // segment_length
+
+
+def reference(q, k, v, region, segment_length: int, scale=None):
+    """The spec: a boolean mask over all keys and a masked softmax (use float64 in tests)."""
+    n_regions = _check(q, k, region, segment_length)
+    b, _, n, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    region = region.expand(b, n) if region.dim() == 1 else region
+    key_segment = torch.arange(n_regions * segment_length, device=q.device) // segment_length
+    allowed = region[:, :, None] == key_segment[None, None, :]  # (B, N, R·T)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    weights = torch.softmax(scores, -1).nan_to_num(0.0)  # uncovered rows: all -inf → zeros
+    return weights @ v
+
+
+def naive(q, k, v, region, segment_length: int, scale=None):
+    """What a user writes today: loop over regions, SDPA on that prompt, keep the region's rows."""
+    n_regions = _check(q, k, region, segment_length)
+    b, _, n, _ = q.shape
+    region = region.expand(b, n) if region.dim() == 1 else region
+    out = torch.zeros_like(q)
+    for r in range(n_regions):
+        seg = slice(r * segment_length, (r + 1) * segment_length)
+        full = F.scaled_dot_product_attention(q, k[:, :, seg], v[:, :, seg], scale=scale)
+        out = torch.where((region == r)[:, None, :, None], full, out)
+    return out
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """Tokens grouped by segment. rows: (n_chunks·C,) flat token index b·N + n, or -1 for padding;
+    chunk_segment: (n_chunks,) flat segment index b·R + r."""
+
+    rows: torch.Tensor
+    chunk_segment: torch.Tensor
+    chunk: int
+    batch: int
+    tokens: int
+    n_regions: int
+
+
+def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int = 64) -> RegionPlan:
+    """Sort tokens by (batch, region) and pad each group to a multiple of chunk rows (all on device)."""
+    n = region.shape[-1]
+    region = region.expand(batch, n) if region.dim() == 1 else region
+    if bool(((region < -1) | (region >= n_regions)).any()):
+        raise ValueError(f"region: values must be -1 or in [0, {n_regions}), got {region.min().item()}..{region.max().item()}")
+    device = region.device
+    flat = region.reshape(-1).long()
+    covered = flat >= 0
+    segment = torch.where(covered, torch.arange(batch, device=device).repeat_interleave(n) * n_regions + flat,
+                          torch.full_like(flat, batch * n_regions))  # uncovered tokens sort last, dropped
+    order = torch.argsort(segment, stable=True)
+    counts = torch.bincount(segment, minlength=batch * n_regions + 1)[:-1]
+    padded = (counts + chunk - 1) // chunk * chunk
+    start_padded = torch.cumsum(padded, 0) - padded
+    start_sorted = torch.cumsum(counts, 0) - counts
+    n_covered = int(counts.sum())
+    sorted_segment = segment[order[:n_covered]]
+    rank = torch.arange(n_covered, device=device) - start_sorted[sorted_segment]
+    rows = torch.full((int(padded.sum()),), -1, dtype=torch.long, device=device)
+    rows[start_padded[sorted_segment] + rank] = order[:n_covered]
+    chunk_segment = torch.repeat_interleave(torch.arange(batch * n_regions, device=device), padded // chunk)
+    return RegionPlan(rows, chunk_segment, chunk, batch, n, n_regions)
+
+
+def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None):
+    """Chunked dense attention: one batched SDPA over (chunk of same-region queries, its segment)."""
+    n_regions = _check(q, k, region, segment_length)
+    b, h, n, d = q.shape
+    plan = plan or make_plan(region, b, n_regions)
+    c = plan.chunk
+    n_chunks = len(plan.chunk_segment)
+    q_rows = q.transpose(0, 1).reshape(h, b * n, d)
+    q_chunks = q_rows[:, plan.rows.clamp(min=0)].reshape(h, n_chunks, c, d)
+    k_segs = k.transpose(0, 1).reshape(h, b * n_regions, segment_length, d)[:, plan.chunk_segment]
+    v_segs = v.transpose(0, 1).reshape(h, b * n_regions, segment_length, d)[:, plan.chunk_segment]
+    out_chunks = F.scaled_dot_product_attention(q_chunks, k_segs, v_segs, scale=scale).reshape(h, n_chunks * c, d)
+    keep = plan.rows >= 0
+    out = q_rows.new_zeros(h, b * n, d)
+    out[:, plan.rows[keep]] = out_chunks[:, keep]
+    return out.reshape(h, b, n, d).transpose(0, 1)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _region_fwd(Q, K, V, O, ROWS, SEG, scale_log2,
+                    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
+                    N, R, T, D,
+                    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        pid_c = tl.program_id(0)
+        h = tl.program_id(1)
+        rows = tl.load(ROWS + pid_c * CHUNK + tl.arange(0, CHUNK))
+        row_ok = rows >= 0
+        rows = tl.where(row_ok, rows, 0)
+        qb = rows // N
+        qn = rows % N
+        seg = tl.load(SEG + pid_c)
+        kb = seg // R
+        kr = seg % R
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_t = tl.arange(0, BLOCK_T)
+        d_ok = offs_d < D
+        q = tl.load(Q + qb[:, None] * s_qb + h * s_qh + qn[:, None] * s_qn + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = (q.to(tl.float32) * scale_log2).to(K.dtype.element_ty)
+        k_base = K + kb * s_kb + h * s_kh + kr * T * s_kn
+        v_base = V + kb * s_vb + h * s_vh + kr * T * s_vn
+        m_i = tl.full([CHUNK], -1.0e30, tl.float32)
+        l_i = tl.zeros([CHUNK], tl.float32)
+        acc = tl.zeros([CHUNK, BLOCK_D], tl.float32)
+        for start in range(0, T, BLOCK_T):
+            cols = start + offs_t
+            col_ok = cols < T
+            kt = tl.load(k_base + cols[None, :] * s_kn + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+            s = tl.where(col_ok[None, :], tl.dot(q, kt), -1.0e30)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            vt = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(O + qb[:, None] * s_ob + h * s_oh + qn[:, None] * s_on + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
+
+
+def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None, chunk: int = 64):
+    """The fused kernel: queries gathered and outputs scattered in place, segments read in place."""
+    if triton is None:
+        raise RuntimeError("triton is not installed; use the 'torch' backend")
+    n_regions = _check(q, k, region, segment_length)
+    b, h, n, d = q.shape
+    plan = plan or make_plan(region, b, n_regions, chunk)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.zeros_like(q)  # uncovered tokens stay zero
+    scale = d ** -0.5 if scale is None else scale
+    block_d = max(16, triton.next_power_of_2(d))
+    block_t = min(128, max(16, triton.next_power_of_2(segment_length)))
+    grid = (len(plan.chunk_segment), h)
+    if grid[0]:
+        _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, scale * 1.4426950408889634,
+                          q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                          v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                          n, n_regions, segment_length, d, CHUNK=plan.chunk, BLOCK_T=block_t, BLOCK_D=block_d)
+    return out
