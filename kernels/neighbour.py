@@ -69,12 +69,14 @@ def torch_path(q, k, v, index, scale=None, q_hat=None, w=0.0):
     m = index.shape[1]
     valid = index >= 0
     safe = index.clamp(min=0)
-    keys = k[:, :, safe].reshape(b, h, g, m * lk, d)
-    values = v[:, :, safe].reshape(b, h, g, m * lk, d)
+    # Groups folded into heads: SDPA's fast CPU kernel takes 4-D tensors only (5-D runs ~3× slower).
+    keys = k[:, :, safe].reshape(b, h * g, m * lk, d)
+    values = v[:, :, safe].reshape(b, h * g, m * lk, d)
+    q4 = q.reshape(b, h * g, lq, d)
     if bool(valid.all()):
-        return F.scaled_dot_product_attention(q, keys, values, scale=scale)
-    mask = valid[:, :, None].expand(g, m, lk).reshape(g, 1, m * lk)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        return F.scaled_dot_product_attention(q4, keys, values, scale=scale).reshape(b, h, g, lq, d)
+    mask = valid[None, :, :, None].expand(h, g, m, lk).reshape(h * g, 1, m * lk)
+    out = F.scaled_dot_product_attention(q4, keys, values, attn_mask=mask, scale=scale).reshape(b, h, g, lq, d)
     return torch.where(valid.any(1)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 

@@ -66,17 +66,19 @@ def naive(q, k, v, region, segment_length: int, scale=None):
 @dataclass(frozen=True)
 class RegionPlan:
     """Tokens grouped by segment. rows: (n_chunks·C,) flat token index b·N + n, or -1 for padding;
-    chunk_segment: (n_chunks,) flat segment index b·R + r."""
+    chunk_segment: (n_chunks,) flat segment index b·R + r; inverse: (B·N,) each token's position in
+    rows, or n_chunks·C (one past the end, a zero row) for uncovered tokens."""
 
     rows: torch.Tensor
     chunk_segment: torch.Tensor
+    inverse: torch.Tensor
     chunk: int
     batch: int
     tokens: int
     n_regions: int
 
 
-def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int = 64) -> RegionPlan:
+def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int = 128) -> RegionPlan:
     """Sort tokens by (batch, region) and pad each group to a multiple of chunk rows (all on device)."""
     n = region.shape[-1]
     region = region.expand(batch, n) if region.dim() == 1 else region
@@ -95,10 +97,14 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int = 64)
     n_covered = int(counts.sum())
     sorted_segment = segment[order[:n_covered]]
     rank = torch.arange(n_covered, device=device) - start_sorted[sorted_segment]
-    rows = torch.full((int(padded.sum()),), -1, dtype=torch.long, device=device)
-    rows[start_padded[sorted_segment] + rank] = order[:n_covered]
+    total = int(padded.sum())
+    position = start_padded[sorted_segment] + rank
+    rows = torch.full((total,), -1, dtype=torch.long, device=device)
+    rows[position] = order[:n_covered]
+    inverse = torch.full((batch * n,), total, dtype=torch.long, device=device)
+    inverse[order[:n_covered]] = position
     chunk_segment = torch.repeat_interleave(torch.arange(batch * n_regions, device=device), padded // chunk)
-    return RegionPlan(rows, chunk_segment, chunk, batch, n, n_regions)
+    return RegionPlan(rows, chunk_segment, inverse, chunk, batch, n, n_regions)
 
 
 def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None):
@@ -113,10 +119,9 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
     k_segs = k.transpose(0, 1).reshape(h, b * n_regions, segment_length, d)[:, plan.chunk_segment]
     v_segs = v.transpose(0, 1).reshape(h, b * n_regions, segment_length, d)[:, plan.chunk_segment]
     out_chunks = F.scaled_dot_product_attention(q_chunks, k_segs, v_segs, scale=scale).reshape(h, n_chunks * c, d)
-    keep = plan.rows >= 0
-    out = q_rows.new_zeros(h, b * n, d)
-    out[:, plan.rows[keep]] = out_chunks[:, keep]
-    return out.reshape(h, b, n, d).transpose(0, 1)
+    # One gather back to token order; the appended zero row serves uncovered tokens.
+    out_chunks = torch.cat([out_chunks, out_chunks.new_zeros(h, 1, d)], 1)
+    return out_chunks[:, plan.inverse].reshape(h, b, n, d).transpose(0, 1)
 
 
 if triton is not None:

@@ -71,6 +71,19 @@ class FlatScene:
         return vis / np.maximum(full, 1)
 
 
+def held_out_triples() -> frozenset[tuple[str, str, str]]:
+    """Every ninth (colour, shape, background) combination, never shown in training: the
+    benchmarks' held-out captions."""
+    combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
+    return frozenset(combo for i, combo in enumerate(combos) if i % 9 == 4)
+
+
+def is_held_out(spec: "FlatSpec") -> bool:
+    """Does any object of the scene form a held-out (colour, shape, background) combination?"""
+    held = held_out_triples()
+    return any((o.colour, o.shape, spec.background) in held for o in spec.objects)
+
+
 def caption_for(background: str, phrases: list[str]) -> str:
     if not phrases:
         return f"an empty scene of {background}"

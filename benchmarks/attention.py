@@ -1,0 +1,248 @@
+"""Side-by-side speed and memory of every implementation of Strata's attention patterns.
+
+    python -m benchmarks.attention --json out.json [--quick] [--no-flex]
+
+One table per pattern, a row per implementation, all measured in one run on the same inputs:
+reference (the spec), naive (loop over groups/regions, concatenate, SDPA), torch (our CPU and
+fallback path), FlexAttention (compiled, where it runs), xformers (where installed), triton (on a
+GPU). Columns: time ratio to the naive path (> 1 is faster), median milliseconds, TFLOP/s (GPU
+only), peak extra memory beyond inputs and output (MiB), and max abs error against the float64
+reference on the same inputs.
+
+Shapes (SD-1.x at 512 px unless --quick): neighbour: 6 views × 1024 queries, 8 heads × 80, each
+view attends to itself and its two ring neighbours; region: 4096 queries, 8 heads × 40, 5 prompts
+of 77 tokens, compared with one plain 77-token cross-attention; blended: 4096 queries, 8 × 40.
+
+JSON keys: machine, dtype, patterns.<pattern>.shape, patterns.<pattern>.rows[] with name, ms,
+ratio_to_naive, tflops, peak_extra_mib, max_abs_err (null where not measured), plus
+patterns.region.plain_cross_attention_ms and patterns.region.torch_vs_plain_ratio; on GPU
+matmul_bf16_tflops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU profiler's start/stop lines are noise here
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import machine, print_table, write_json
+from kernels import blended, make_plan, neighbour, region, triton_available
+
+CUDA = torch.cuda.is_available()
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of fn()."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if CUDA:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if CUDA:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_extra_mib(fn) -> float:
+    """Peak memory allocated while fn runs, beyond what was allocated before (its output included)."""
+    if CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for event in events:  # self memory of each op, in time order: the running sum is live memory
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def matmul_tflops(dtype=torch.bfloat16, n: int = 8192) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    ms = timed(lambda: a @ b, repeats=20, warmup=5)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def _flex():
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    return torch.compile(flex_attention, dynamic=False), create_block_mask
+
+
+def _xformers():
+    try:
+        import xformers.ops as xops
+        return xops
+    except ImportError:
+        return None
+
+
+def measure(rows: list, name: str, fn, flops: float, ref: torch.Tensor, repeats: int) -> None:
+    try:
+        out = fn()
+        err = (out.double() - ref).abs().max().item()
+        ms = timed(fn, repeats)
+        mem = peak_extra_mib(fn)
+    except Exception as exc:  # a backend that does not run here says why, in the table
+        rows.append({"name": name, "ms": None, "ratio_to_naive": None, "tflops": None, "peak_extra_mib": None,
+                     "max_abs_err": None, "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"})
+        return
+    rows.append({"name": name, "ms": ms, "ratio_to_naive": None, "tflops": flops / (ms * 1e-3) / 1e12 if CUDA else None,
+                 "peak_extra_mib": mem, "max_abs_err": err, "note": ""})
+
+
+def finish(rows: list) -> list:
+    naive_ms = next(r["ms"] for r in rows if r["name"] == "naive")
+    for r in rows:
+        if r["ms"]:
+            r["ratio_to_naive"] = naive_ms / r["ms"]
+    return rows
+
+
+def bench_neighbour(args, dtype, device) -> dict:
+    b, h, groups, length, d = 1, 8, 6, args.neighbour_length, args.neighbour_dim
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(b, h, groups, length, d, generator=gen).to(device, dtype) for _ in range(3))
+    g = torch.arange(groups)
+    index = torch.stack([g, (g + 1) % groups, (g - 1) % groups], 1).to(device)
+    ref = neighbour.reference(q.double().cpu(), k.double().cpu(), v.double().cpu(), index.cpu()).to(device)
+    flops = 4 * b * h * groups * length * 3 * length * d
+    rows: list = []
+    measure(rows, "reference", lambda: neighbour.reference(q, k, v, index), flops, ref, max(2, args.repeats // 3))
+    measure(rows, "naive", lambda: neighbour.naive(q, k, v, index), flops, ref, args.repeats)
+    measure(rows, "torch", lambda: neighbour.torch_path(q, k, v, index), flops, ref, args.repeats)
+    if args.flex and (flex := _flex()):
+        flex_attention, create_block_mask = flex
+        allowed = torch.zeros(groups, groups, dtype=torch.bool, device=device)
+        allowed[g.repeat_interleave(3), index.cpu().reshape(-1)] = True
+
+        def mask_mod(bb, hh, qi, ki):
+            return allowed[qi // length, ki // length]
+        block_mask = create_block_mask(mask_mod, None, None, groups * length, groups * length, device=device)
+        qf, kf, vf = (t.reshape(b, h, groups * length, d) for t in (q, k, v))
+        measure(rows, "flex (compiled)", lambda: flex_attention(qf, kf, vf, block_mask=block_mask).reshape(q.shape),
+                flops, ref, args.repeats)
+    if (xops := _xformers()) is not None:
+        def xformers_naive():
+            outs = []
+            for gg in range(groups):
+                kk = torch.cat([k[:, :, j] for j in index[gg].tolist()], 2)
+                vv = torch.cat([v[:, :, j] for j in index[gg].tolist()], 2)
+                outs.append(xops.memory_efficient_attention(q[:, :, gg].transpose(1, 2), kk.transpose(1, 2),
+                                                            vv.transpose(1, 2)).transpose(1, 2))
+            return torch.stack(outs, 2)
+        measure(rows, "xformers (concat)", xformers_naive, flops, ref, args.repeats)
+    if CUDA and triton_available():
+        measure(rows, "triton", lambda: neighbour.triton_path(q, k, v, index), flops, ref, args.repeats)
+    return {"shape": dict(batch=b, heads=h, groups=groups, length=length, head_dim=d, neighbours=3), "rows": finish(rows)}
+
+
+def bench_region(args, dtype, device) -> dict:
+    b, h, n, d, regions, tokens = 1, 8, args.region_length, args.region_dim, 5, 77
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    q = torch.randn(b, h, n, d, generator=gen).to(device, dtype)
+    k, v = (torch.randn(b, h, regions * tokens, d, generator=gen).to(device, dtype) for _ in range(2))
+    side = int(n**0.5)
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(n // side), indexing="ij")
+    # Four boxes in front of a background, as MQD sees them: each token in exactly one region.
+    region_map = torch.zeros(side, n // side, dtype=torch.long)
+    for r, (y0, x0) in enumerate([(0.1, 0.1), (0.1, 0.55), (0.55, 0.1), (0.5, 0.5)], start=1):
+        region_map[(ys >= y0 * side) & (ys < (y0 + 0.35) * side) & (xs >= x0 * side) & (xs < (x0 + 0.35) * side)] = r
+    region_map = region_map.reshape(-1).to(device)
+    ref = region.reference(q.double().cpu(), k.double().cpu(), v.double().cpu(), region_map.cpu(), tokens).to(device)
+    flops = 4 * b * h * n * tokens * d
+    plan = make_plan(region_map, b, regions)
+    rows: list = []
+    measure(rows, "reference", lambda: region.reference(q, k, v, region_map, tokens), flops, ref, max(2, args.repeats // 3))
+    measure(rows, "naive", lambda: region.naive(q, k, v, region_map, tokens), flops, ref, args.repeats)
+    measure(rows, "torch", lambda: region.torch_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
+    measure(rows, "torch (cached plan)", lambda: region.torch_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
+    measure(rows, "masked SDPA", lambda: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=(region_map[:, None] == torch.arange(regions * tokens, device=device)[None] // tokens)),
+        flops, ref, args.repeats)
+    if args.flex and (flex := _flex()):
+        flex_attention, create_block_mask = flex
+
+        def mask_mod(bb, hh, qi, ki):
+            return region_map[qi] == ki // tokens
+        block_mask = create_block_mask(mask_mod, None, None, n, regions * tokens, device=device)
+        measure(rows, "flex (compiled)", lambda: flex_attention(q, k, v, block_mask=block_mask), flops, ref, args.repeats)
+    if CUDA and triton_available():
+        measure(rows, "triton", lambda: region.triton_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
+        measure(rows, "triton (cached plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
+    plain_ms = timed(lambda: F.scaled_dot_product_attention(q, k[:, :, :tokens], v[:, :, :tokens]), args.repeats)
+    rows = finish(rows)
+    torch_ms = next(r["ms"] for r in rows if r["name"] == "torch (cached plan)")
+    return {"shape": dict(batch=b, heads=h, queries=n, head_dim=d, regions=regions, tokens=tokens), "rows": rows,
+            "plain_cross_attention_ms": plain_ms, "torch_vs_plain_ratio": torch_ms / plain_ms}
+
+
+def bench_blended(args, dtype, device) -> dict:
+    b, h, n, d = 1, 8, args.region_length, args.region_dim
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    q, q_hat, k, v = (torch.randn(b, h, n, d, generator=gen).to(device, dtype) for _ in range(4))
+    w = 0.4
+    ref = blended.reference(q.double().cpu(), k.double().cpu(), v.double().cpu(), q_hat.double().cpu(), w).to(device)
+    flops = 4 * b * h * n * n * d
+    rows: list = []
+    measure(rows, "reference", lambda: blended.reference(q, k, v, q_hat, w), flops, ref, max(2, args.repeats // 3))
+    measure(rows, "naive", lambda: blended.naive(q, k, v, q_hat, w), flops, ref, args.repeats)
+    measure(rows, "torch", lambda: blended.torch_path(q, k, v, q_hat, w), flops, ref, args.repeats)
+    if CUDA and triton_available():
+        measure(rows, "triton", lambda: blended.triton_path(q, k, v, q_hat, w), flops, ref, args.repeats)
+    return {"shape": dict(batch=b, heads=h, queries=n, head_dim=d), "rows": finish(rows)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--no-flex", dest="flex", action="store_false", help="skip compiled FlexAttention")
+    parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    args = parser.parse_args(argv)
+    device = "cuda" if CUDA else "cpu"
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if CUDA else torch.float32)
+    args.neighbour_length, args.neighbour_dim = (64, 40) if args.quick else (1024, 80)
+    args.region_length, args.region_dim = (256, 40) if args.quick else (4096, 40)
+    result = {"machine": machine(), "dtype": str(dtype).replace("torch.", ""), "patterns": {}}
+    if CUDA:
+        result["matmul_bf16_tflops"] = matmul_tflops()
+    for pattern, bench in (("neighbour", bench_neighbour), ("region", bench_region), ("blended", bench_blended)):
+        data = bench(args, dtype, device)
+        result["patterns"][pattern] = data
+        header = ["implementation", "× vs naive", "ms", "TFLOP/s", "peak extra MiB", "max abs err", "note"]
+        table = [[r["name"], r["ratio_to_naive"] or "-", r["ms"] or "-", r["tflops"] or "-",
+                  r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-",
+                  f"{r['max_abs_err']:.1e}" if r["max_abs_err"] is not None else "-", r["note"]] for r in data["rows"]]
+        print_table(f"{pattern} attention {data['shape']} on {result['machine']}, {result['dtype']}", header, table)
+        if pattern == "region":
+            print(f"plain 77-token cross-attention: {data['plain_cross_attention_ms']:.3g} ms; "
+                  f"region (torch, cached plan) / plain = {data['torch_vs_plain_ratio']:.2f}")
+    if CUDA:
+        print(f"\nbf16 matmul on this card: {result['matmul_bf16_tflops']:.0f} TFLOP/s")
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
