@@ -1,0 +1,72 @@
+"""Multi-Query Disentanglement: in cross-attention every image token attends only to the prompt
+of its region. Self-attention is untouched (it is what blends a new object into the scene).
+
+The pipeline passes the R prompts concatenated as encoder_hidden_states (B, R·T, C); for the
+classifier-free-guidance negative half it passes the negative prompt R times, so the same region
+attention gives plain attention to the negative prompt everywhere. Region maps and kernel plans
+come from the controller; the attention itself from `kernels.region_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from attention_processors.controller import AttentionController
+from kernels import region_attention
+
+
+class MultiQueryDisentangledProcessor:
+    def __init__(self, controller: AttentionController):
+        self.controller = controller
+        self.plain = AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        ctrl = self.controller
+        if encoder_hidden_states is None or ctrl.labels is None:
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, n_tokens, _ = hidden_states.shape
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states.shape[1] != ctrl.n_regions * ctrl.segment_length:
+            raise ValueError(f"encoder_hidden_states: expected {ctrl.n_regions} prompts × {ctrl.segment_length} "
+                             f"tokens, got {encoder_hidden_states.shape[1]} tokens")
+        query = attn.to_q(hidden_states)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        regions = ctrl.token_regions(n_tokens, query.device)
+        if attention_mask is not None:  # key padding (T5 prompts): one masked call, region ∧ padding
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
+            mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+            segment = torch.arange(key.shape[2], device=query.device) // ctrl.segment_length
+            allowed = regions[:, None] == segment[None, :]
+            bias = mask.masked_fill(~allowed, float("-inf")) if mask.dtype != torch.bool else mask & allowed
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        else:
+            plan = ctrl.region_plan(n_tokens, batch, query.device)
+            out = region_attention(query, key, value, regions, ctrl.segment_length, plan=plan)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor

@@ -1,0 +1,120 @@
+"""The controller, the install/restore context manager and the MQD cross-attention processor."""
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from attention_processors import (AttentionController, MultiQueryDisentangledProcessor, installed_processors,
+                                  region_labels)
+from attention_processors.install import is_cross_attention
+
+
+def test_region_labels_put_later_layers_in_front():
+    a = torch.zeros(8, 8, dtype=torch.bool)
+    a[:4] = True
+    b = torch.zeros(8, 8, dtype=torch.bool)
+    b[2:6, :4] = True
+    labels = region_labels([a, b], 8, 8)
+    assert labels[0, 7] == 1 and labels[3, 0] == 2 and labels[7, 7] == 0
+    assert set(labels.unique().tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="masks"):
+        region_labels([torch.zeros(4, 4)], 8, 8)
+
+
+def test_controller_resamples_regions_to_any_token_grid():
+    labels = torch.zeros(16, 24, dtype=torch.long)
+    labels[:, 12:] = 1
+    ctrl = AttentionController((16, 24), labels, n_regions=2)
+    assert ctrl.token_grid(16 * 24) == (16, 24) and ctrl.token_grid(4 * 6) == (4, 6)
+    regions = ctrl.token_regions(4 * 6, torch.device("cpu")).view(4, 6)
+    assert (regions[:, :3] == 0).all() and (regions[:, 3:] == 1).all()
+    with pytest.raises(ValueError, match="tokens"):
+        ctrl.token_grid(7)
+    with pytest.raises(ValueError, match="labels"):
+        AttentionController((16, 24), labels, n_regions=1)
+
+
+def _attention(cross_dim=32, dim=32, heads=4):
+    torch.manual_seed(0)
+    return Attention(query_dim=dim, cross_attention_dim=cross_dim, heads=heads, dim_head=dim // heads)
+
+
+def test_mqd_tokens_see_only_their_prompt():
+    attn = _attention()
+    h = w = 6
+    labels = torch.zeros(h, w, dtype=torch.long)
+    labels[:, 3:] = 1
+    labels[4:, :2] = 2
+    ctrl = AttentionController((h, w), labels, n_regions=3, segment_length=5)
+    x = torch.randn(2, h * w, 32)
+    prompts = [torch.randn(2, 5, 32) for _ in range(3)]
+    out = MultiQueryDisentangledProcessor(ctrl)(attn, x, torch.cat(prompts, 1))
+    flat = labels.reshape(-1)
+    for r, prompt in enumerate(prompts):
+        expected = AttnProcessor2_0()(attn, x, prompt)
+        torch.testing.assert_close(out[:, flat == r], expected[:, flat == r], atol=1e-5, rtol=1e-5)
+
+
+def test_mqd_self_attention_is_untouched_and_wrong_prompt_count_is_an_error():
+    attn = _attention(cross_dim=None)
+    ctrl = AttentionController((4, 4), torch.zeros(4, 4, dtype=torch.long), n_regions=2, segment_length=5)
+    x = torch.randn(1, 16, 32)
+    torch.testing.assert_close(MultiQueryDisentangledProcessor(ctrl)(attn, x), AttnProcessor2_0()(attn, x))
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        MultiQueryDisentangledProcessor(ctrl)(_attention(), x, torch.randn(1, 7, 32))
+
+
+def _mqd_factory(ctrl):
+    return lambda name, original: MultiQueryDisentangledProcessor(ctrl) if is_cross_attention(name) else None
+
+
+def test_install_restores_the_original_processors_even_on_error(sd1_components):
+    unet = sd1_components["unet"]
+    before = dict(unet.attn_processors)
+    ctrl = AttentionController((8, 8), torch.zeros(8, 8, dtype=torch.long), n_regions=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        with installed_processors(unet, _mqd_factory(ctrl)):
+            kinds = {type(p).__name__ for name, p in unet.attn_processors.items() if is_cross_attention(name)}
+            assert kinds == {"MultiQueryDisentangledProcessor"}
+            raise RuntimeError("boom")
+    after = unet.attn_processors
+    assert all(after[name] is before[name] for name in before)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_mqd_with_one_region_equals_plain_unet(family, request):
+    comps = request.getfixturevalue(f"{family}_components")
+    unet = comps["unet"]
+    latents = torch.randn(2, 4, 8, 8)
+    cond = torch.randn(2, 77, unet.config.cross_attention_dim)
+    extra = {}
+    if family == "sdxl":
+        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 32), "time_ids": torch.randn(2, 6)}
+    plain = unet(latents, 10, cond, **extra).sample
+    ctrl = AttentionController((8, 8), torch.zeros(8, 8, dtype=torch.long), n_regions=1)
+    with installed_processors(unet, _mqd_factory(ctrl)):
+        ours = unet(latents, 10, cond, **extra).sample
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "pixart"])
+def test_mqd_runs_on_every_model_family_at_another_resolution(family, request):
+    comps = request.getfixturevalue(f"{family}_components")
+    model = comps.get("unet") or comps["transformer"]
+    size = (12, 16)
+    labels = torch.zeros(size, dtype=torch.long)
+    labels[:, 8:] = 1
+    ctrl = AttentionController(size, labels, n_regions=2)
+    latents = torch.randn(1, 4, *size)
+    if family == "pixart":
+        dim = model.config.caption_channels
+        kwargs = dict(encoder_hidden_states=torch.randn(1, 2 * 77, dim), timestep=torch.tensor([10]),
+                      added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+    else:
+        kwargs = dict(encoder_hidden_states=torch.randn(1, 2 * 77, model.config.cross_attention_dim), timestep=10)
+        if family == "sdxl":
+            kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 32), "time_ids": torch.randn(1, 6)}
+    with installed_processors(model, _mqd_factory(ctrl)):
+        out = model(latents, **kwargs).sample
+    assert out.shape[-2:] == size and torch.isfinite(out).all()
+    assert len(ctrl._plans) >= 1  # the region attention ran through the kernel dispatcher
