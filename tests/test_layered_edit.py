@@ -1,0 +1,153 @@
+"""Layered editing on the tiny SD-1-like, SDXL-like and PixArt-like models."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.layered_edit import (EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning, SessionError,
+                                    main as layered_cli, overlay_alpha)
+
+SETTINGS = EditSettings(height=32, width=32, steps=3)
+
+
+def _box(y0, y1, x0, x1, size=32):
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def _session(components) -> LayeredSession:
+    pipe = LayeredEditPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return LayeredSession(pipe, SETTINGS, progress=False)
+
+
+@pytest.fixture
+def session(sd1_components):
+    s = _session(sd1_components)
+    s.start_from_prompt("an empty scene of grass", seed=0)
+    return s
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "pixart"])
+def test_layers_change_only_inside_the_dilated_mask(family, request):
+    s = _session(request.getfixturevalue(f"{family}_components"))
+    before = s.start_from_prompt("an empty scene of sand", seed=0).copy()
+    mask = _box(4, 14, 4, 14)
+    after = s.add_layer("a red circle", mask, seed=1)
+    outside = overlay_alpha(mask, SETTINGS.dilate_px) == 0
+    np.testing.assert_array_equal(after[outside], before[outside])
+    assert (after[mask] != before[mask]).any()
+    second = s.add_layer("a blue square", _box(18, 30, 16, 30), seed=2)
+    assert len(s.layers) == 3 and second.shape == (32, 32, 3)
+
+
+def test_generation_is_deterministic_per_seed(sd1_components):
+    a, b = _session(sd1_components), _session(sd1_components)
+    for s in (a, b):
+        s.start_from_prompt("an empty scene of water", seed=3)
+        s.add_layer("a yellow triangle", _box(2, 20, 2, 20), seed=4)
+    np.testing.assert_array_equal(a.composite, b.composite)
+
+
+def test_remove_and_edit_any_layer_replays_the_later_ones(session):
+    m1, m2, m3 = _box(2, 10, 2, 10), _box(2, 10, 20, 30), _box(20, 30, 2, 12)
+    session.add_layer("a red circle", m1, seed=1)
+    session.add_layer("a blue square", m2, seed=2)
+    session.add_layer("a pink triangle", m3, seed=3)
+    last = session.layers[3]
+    session.remove_layer(1)
+    assert [l.prompt for l in session.layers] == ["an empty scene of grass", "a blue square", "a pink triangle"]
+    background = session.layers[0].image
+    untouched = overlay_alpha(m2 | m3, SETTINGS.dilate_px) == 0
+    np.testing.assert_array_equal(session.composite[untouched], background[untouched])  # the circle is gone
+    session.edit_layer(1, prompt="a black square", mask=_box(4, 12, 18, 28))
+    assert session.layers[1].prompt == "a black square" and session.layers[2].seed == last.seed
+    session.undo()
+    session.undo()
+    assert [l.prompt for l in session.layers][1:] == ["a red circle", "a blue square", "a pink triangle"]
+    np.testing.assert_array_equal(session.composite, last.image)
+    session.redo()
+    assert len(session.layers) == 3
+
+
+def test_save_and_load_are_bit_exact(session, tmp_path):
+    session.add_layer("a red circle", _box(2, 12, 2, 12), seed=1)
+    session.save(tmp_path / "s")
+    again = LayeredSession.load(session.pipe, tmp_path / "s")
+    assert again.settings == session.settings
+    for a, b in zip(session.layers, again.layers):
+        assert torch.equal(a.trajectory, b.trajectory) and torch.equal(a.embeds, b.embeds)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.rough_mask, b.rough_mask)
+        assert (a.prompt, a.seed, a.kind) == (b.prompt, b.seed, b.kind)
+    again.add_layer("a blue square", _box(18, 30, 18, 30), seed=2)  # a loaded session edits on
+
+
+def test_real_image_becomes_layer_zero_by_inversion_or_noising(sd1_components):
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    for method in ("inversion", "noise"):
+        s = _session(sd1_components)
+        np.testing.assert_array_equal(s.start_from_image(image, "", method), image)
+        assert s.layers[0].trajectory.shape == (SETTINGS.steps + 1, 4, 16, 16)
+        out = s.add_layer("a red circle", _box(8, 20, 8, 20), seed=1)
+        outside = overlay_alpha(_box(8, 20, 8, 20), SETTINGS.dilate_px) == 0
+        np.testing.assert_array_equal(out[outside], image[outside])
+
+
+def test_bad_input_is_a_clear_error_and_changes_nothing(session, tmp_path):
+    state = list(session.layers)
+    with pytest.raises(ValueError, match="empty"):
+        session.add_layer("a red circle", np.zeros((32, 32)), seed=1)
+    with pytest.raises(ValueError, match="prompt"):
+        session.add_layer("  ", _box(2, 9, 2, 9))
+    with pytest.raises(IndexError, match="no layer 4"):
+        session.remove_layer(4)
+    with pytest.raises(ValueError, match="background"):
+        session.remove_layer(0)
+    assert session.layers == state
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.add_layer("a red circle", np.ones((64, 48)), seed=1)
+    assert any(issubclass(w.category, MaskResizedWarning) for w in caught)
+
+
+def test_corrupt_or_foreign_session_folders(session, tmp_path):
+    with pytest.raises(SessionError, match="not a Strata session"):
+        LayeredSession.load(session.pipe, tmp_path)
+    folder = session.save(tmp_path / "s")
+    (folder / "memory.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SessionError, match="corrupt"):
+        LayeredSession.load(session.pipe, folder)
+    folder = session.save(tmp_path / "t")
+    manifest = json.loads((folder / "session.json").read_text())
+    manifest["format"] = "something-else"
+    (folder / "session.json").write_text(json.dumps(manifest))
+    with pytest.raises(SessionError, match="not a Strata"):
+        LayeredSession.load(session.pipe, folder)
+    (folder / "session.json").write_text("{oops")
+    with pytest.raises(SessionError, match="corrupt"):
+        LayeredSession.load(session.pipe, folder)
+
+
+def test_pipeline_round_trips_through_from_pretrained(sd1_components, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    StableDiffusionPipeline(**sd1_components).save_pretrained(tmp_path / "sd")
+    pipe = LayeredEditPipeline.from_pretrained(tmp_path / "sd")
+    assert pipe.unet is not None and pipe.scheduler.__class__.__name__ == "DDIMScheduler"
+
+
+def test_cli_runs_a_script(sd1_components, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    StableDiffusionPipeline(**sd1_components).save_pretrained(tmp_path / "model")
+    script = {"settings": {"height": 32, "width": 32, "steps": 2},
+              "scene": {"prompt": "an empty scene of snow", "seed": 0},
+              "layers": [{"prompt": "a red circle", "seed": 1, "mask": {"box": [2, 2, 14, 14]}},
+                         {"prompt": "a blue square", "seed": 2, "mask": {"box": [16, 16, 30, 30]}}]}
+    (tmp_path / "edits.json").write_text(json.dumps(script))
+    layered_cli(["--script", str(tmp_path / "edits.json"), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "model")])
+    for name in ("step_00.png", "step_02.png", "layers/layer_02.png", "session/session.json"):
+        assert (tmp_path / "out" / name).exists()
