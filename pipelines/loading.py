@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -51,8 +52,13 @@ def _offline_message(model: str, err: Exception) -> str:
 
 def load_pipeline(model: str | os.PathLike | None = EMBEDDED, pipeline_class: type[DiffusionPipeline] = StableDiffusionPipeline,
                   **kwargs) -> DiffusionPipeline:
-    """Load a pipeline of pipeline_class from the embedded default, a local folder or a hub id."""
+    """Load a pipeline of pipeline_class from the embedded default, a local folder or a hub id.
+
+    Weights load as float32 unless `dtype` says otherwise: the shipped files are fp16, and
+    transformers would otherwise keep the text encoder in fp16 beside a float32 UNet.
+    """
     source = resolve_model(model)
+    kwargs.setdefault("dtype", torch.float32)
     if not Path(source).exists():
         kwargs.setdefault("local_files_only", os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"))
     try:
@@ -65,6 +71,7 @@ def load_pipeline(model: str | os.PathLike | None = EMBEDDED, pipeline_class: ty
 
 def load_controlnet(model: str | os.PathLike | None = EMBEDDED, **kwargs) -> ControlNetModel:
     source = resolve_model(model, EMBEDDED_CONTROLNET)
+    kwargs.setdefault("dtype", torch.float32)
     if not Path(source).exists():
         kwargs.setdefault("local_files_only", os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"))
     try:
