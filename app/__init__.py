@@ -1,0 +1,1 @@
+"""Strata's Gradio app: `python -m app` (options: --host, --port, --model)."""
