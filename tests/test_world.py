@@ -1,7 +1,6 @@
 """The three worlds: determinism, ground truth, rendering speed, and clear errors on bad input."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -140,12 +139,9 @@ def test_street_rig_follows_nuscenes_order_with_small_overlaps():
     assert all(7 <= o <= 10 for o in neighbour_overlap_deg(clip.rig))
 
 
-def test_street_clip_renders_fast_with_layout_maps():
-    clip = sample_street_clip(1, n_frames=8)
-    start = time.perf_counter()
-    views = render_street_clip(clip)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"6 cameras × 8 frames took {elapsed:.1f} s"
+def test_street_clip_renders_with_layout_maps():
+    # Its speed (6 cameras × 8 frames at 64 px) is measured by benchmarks.oracle, not asserted here.
+    views = render_street_clip(sample_street_clip(1, n_frames=8))
     assert len(views) == 8 and all(len(f) == 6 for f in views)
     layouts = np.stack([v.layout for f in views for v in f])
     assert (layouts.sum(-1) > 0).any(), "some box is visible"
