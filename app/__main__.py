@@ -2,7 +2,7 @@
 
 import argparse
 
-from app.ui import MAX_UPLOAD, build_app
+from app.ui import CSS, MAX_UPLOAD, build_app
 
 
 def main(argv=None) -> None:
@@ -11,7 +11,7 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--model", default="embedded", help="'embedded', a local diffusers folder, or a hub id")
     args = parser.parse_args(argv)
-    build_app(args.model).launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD)
+    build_app(args.model).launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, css=CSS)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pipelines.loading import EMBEDDED, ModelLoadError, load_pipeline
 
 DISPLAY = 4  # the editor shows the scene this many times larger
 MAX_UPLOAD = "5mb"
+# Scenes are small: show them enlarged with hard pixel edges.
+CSS = "#composite img, #layers img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 USER_ERRORS = (ValueError, IndexError, SessionError, ModelLoadError, OSError, zipfile.BadZipFile)
 
 
@@ -216,7 +218,8 @@ def build_app(model: str = EMBEDDED, store: SessionStore | None = None, settings
                     editor = gr.ImageEditor(label="Paint a rough mask", type="numpy", image_mode="RGBA", sources=[],
                                             transforms=[], layers=False, elem_id="mask-editor",
                                             brush=gr.Brush(default_size=24, colors=["#ff00ff"], color_mode="fixed"),
-                                            canvas_size=(64 * DISPLAY, 64 * DISPLAY), format="png")
+                                            canvas_size=(strata.settings.width * DISPLAY, strata.settings.height * DISPLAY),
+                                            format="png")
                     with gr.Row():
                         layer_prompt = gr.Textbox(value="a red circle", label="Layer prompt", scale=3)
                         layer_seed = gr.Number(value=1, precision=0, label="Seed", scale=1)
@@ -227,7 +230,7 @@ def build_app(model: str = EMBEDDED, store: SessionStore | None = None, settings
                         redo = gr.Button("Redo", elem_id="redo")
                 with gr.Column():
                     composite = gr.Image(label="Composite", type="numpy", interactive=False, elem_id="composite",
-                                         format="png")  # lossless: what you see is the session's pixels
+                                         format="png", height=280)  # lossless: what you see is the session's pixels
                     layers = gr.Gallery(label="Layers (select one to remove or re-edit)", columns=3, height=260,
                                         elem_id="layers", format="png")
                     selected = gr.Number(value=None, precision=0, label="Selected layer", interactive=False)

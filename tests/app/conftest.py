@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from app.sessions import SessionStore
-from app.ui import DISPLAY, MAX_UPLOAD, build_app
+from app.ui import CSS, DISPLAY, MAX_UPLOAD, build_app
 from pipelines.layered_edit import EditSettings
 from tests.tiny_models import sd1_components
 
@@ -33,7 +33,8 @@ def tiny_model_dir(tmp_path_factory):
 def live_app(tiny_model_dir):
     demo = build_app(str(tiny_model_dir), SessionStore(max_sessions=8), SETTINGS)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size=MAX_UPLOAD)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size=MAX_UPLOAD,
+                css=CSS)
     yield demo, f"http://127.0.0.1:{port}/", str(tiny_model_dir)
     demo.close()
 
