@@ -88,3 +88,16 @@ def test_bad_input_gives_a_message_not_a_traceback(live_app, tmp_path):
     assert "⚠️" in message
     message = client.predict(str(tmp_path), api_name="/load_model")
     assert "not a diffusers folder" in message
+
+
+def test_oversized_upload_is_refused_with_a_message(live_app, tmp_path):
+    _, url, model = live_app
+    big = tmp_path / "big.zip"
+    big.write_bytes(b"\0" * (6 * 2**20))  # the app takes at most 5 MB
+    client = Client(url, verbose=False)
+    try:
+        result = client.predict(model, handle_file(big), api_name="/upload_session")
+    except Exception as err:  # gradio refuses the upload itself; the browser shows its message
+        assert "size" in str(err).lower() or "large" in str(err).lower(), err
+    else:
+        assert "⚠️" in result[-1]
