@@ -83,6 +83,18 @@ def torch_path(q, k, v, index, scale=None, q_hat=None, w=0.0):
 if triton is not None:
 
     @triton.jit
+    def online_softmax_block(q, kt, vt, col_ok, m_i, l_i, acc):
+        """One key block of flash attention in base 2: q is pre-scaled by scale·log2(e); kt (D, N),
+        vt (N, D); returns the updated running max, normaliser and accumulator."""
+        s = tl.where(col_ok[None, :], tl.dot(q, kt), -1.0e30)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _neighbour_fwd(Q, QH, W, K, V, O, IDX, scale_log2,
                        s_qb, s_qh, s_qg, s_qn, s_kb, s_kh, s_kg, s_kn, s_vb, s_vh, s_vg, s_vn,
                        s_ob, s_oh, s_og, s_on, s_wb, s_wh, s_wg, s_wn,
@@ -121,15 +133,8 @@ if triton is not None:
                     cols = start + offs_n
                     col_ok = cols < LK
                     kt = tl.load(k_base + cols[None, :] * s_kn + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-                    s = tl.dot(q, kt)
-                    s = tl.where(col_ok[None, :], s, -1.0e30)
-                    m_new = tl.maximum(m_i, tl.max(s, 1))
-                    p = tl.math.exp2(s - m_new[:, None])
-                    alpha = tl.math.exp2(m_i - m_new)
-                    l_i = l_i * alpha + tl.sum(p, 1)
                     vt = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                    acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-                    m_i = m_new
+                    m_i, l_i, acc = online_softmax_block(q, kt, vt, col_ok, m_i, l_i, acc)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         o_off = b * s_ob + h * s_oh + g * s_og + offs_m[:, None] * s_on + offs_d[None, :]
         tl.store(O + o_off, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

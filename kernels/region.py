@@ -23,6 +23,8 @@ import torch.nn.functional as F
 try:
     import triton
     import triton.language as tl
+
+    from kernels.neighbour import online_softmax_block
 except ImportError:
     triton = None
 
@@ -156,14 +158,8 @@ if triton is not None:
             cols = start + offs_t
             col_ok = cols < T
             kt = tl.load(k_base + cols[None, :] * s_kn + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-            s = tl.where(col_ok[None, :], tl.dot(q, kt), -1.0e30)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
             vt = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_block(q, kt, vt, col_ok, m_i, l_i, acc)
         out = acc / l_i[:, None]
         tl.store(O + qb[:, None] * s_ob + h * s_oh + qn[:, None] * s_on + offs_d[None, :], out.to(O.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])

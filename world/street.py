@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from world.geometry import Camera, Primitive, RenderedView, render_primitives, yaw_matrix
+from world.geometry import Camera, Primitive, RenderedView, render_primitives
 from world.vocab import BACKGROUNDS, COLOURS, LANE_PAINT, STREET_CLASSES, check_word
 
 # (name, yaw in degrees, horizontal field of view in degrees), nuScenes order.
@@ -268,6 +268,3 @@ def neighbour_overlap_deg(rig: tuple[RigCamera, ...]) -> list[float]:
         out.append((a.fov_deg + b.fov_deg) / 2 - gap)
     return out
 
-
-def box_yaw_matrix(box: StreetBox) -> np.ndarray:
-    return yaw_matrix(box.yaw)
