@@ -36,24 +36,27 @@ class StrataApp:
         self.default_model = model
         self.store = store or SessionStore()
         self.settings = settings or EditSettings()
-        self._models: dict[str, tuple[LayeredEditPipeline, threading.Lock]] = {}
+        self._models: dict[str, LayeredEditPipeline] = {}
         self._models_lock = threading.Lock()
+        # One generation at a time: a pipeline's processors and scheduler are shared state, and a
+        # session keeps the pipeline it started with whatever model is selected later.
+        self._generation_lock = threading.Lock()
         self.workdir = Path(tempfile.mkdtemp(prefix="strata-app-"))
 
     # -- models
 
-    def model(self, name: str) -> tuple[LayeredEditPipeline, threading.Lock]:
+    def model(self, name: str) -> LayeredEditPipeline:
         name = (name or self.default_model).strip() or EMBEDDED
         with self._models_lock:
             if name not in self._models:
                 pipe = load_pipeline(name, LayeredEditPipeline)
                 pipe.set_progress_bar_config(disable=True)
-                self._models[name] = (pipe, threading.Lock())
+                self._models[name] = pipe
             return self._models[name]
 
     def load_model(self, name: str):
         try:
-            pipe, _ = self.model(name)
+            pipe = self.model(name)
         except USER_ERRORS as err:
             return f"⚠️ {err}"
         return f"Model ready: `{name or self.default_model}` ({type(pipe.denoiser).__name__})"
@@ -75,12 +78,12 @@ class StrataApp:
         return session
 
     def _run(self, key, model_name, work, progress=None):
-        """Run work(session, pipe, callback) under the model's lock; store the result; view it."""
+        """Run work(pipe, callback) under the generation lock; store the session it returns; view it."""
         notes = []
         try:
-            pipe, lock = self.model(model_name)
+            pipe = self.model(model_name)
             callback = (lambda i, n: progress(i / n, desc=f"denoising {i}/{n}")) if progress is not None else None
-            with lock, warnings.catch_warnings(record=True) as caught:
+            with self._generation_lock, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 session = work(pipe, callback)
             notes = [str(w.message) for w in caught if "mask" in str(w.message)]
