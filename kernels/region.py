@@ -74,6 +74,7 @@ class RegionPlan:
     rows: torch.Tensor
     chunk_segment: torch.Tensor
     inverse: torch.Tensor
+    all_covered: bool
     chunk: int
     batch: int
     tokens: int
@@ -106,7 +107,7 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int = 128
     inverse = torch.full((batch * n,), total, dtype=torch.long, device=device)
     inverse[order[:n_covered]] = position
     chunk_segment = torch.repeat_interleave(torch.arange(batch * n_regions, device=device), padded // chunk)
-    return RegionPlan(rows, chunk_segment, inverse, chunk, batch, n, n_regions)
+    return RegionPlan(rows, chunk_segment, inverse, n_covered == batch * n, chunk, batch, n, n_regions)
 
 
 def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None):
@@ -121,8 +122,9 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
     k_segs = k.transpose(0, 1).reshape(h, b * n_regions, segment_length, d)[:, plan.chunk_segment]
     v_segs = v.transpose(0, 1).reshape(h, b * n_regions, segment_length, d)[:, plan.chunk_segment]
     out_chunks = F.scaled_dot_product_attention(q_chunks, k_segs, v_segs, scale=scale).reshape(h, n_chunks * c, d)
-    # One gather back to token order; the appended zero row serves uncovered tokens.
-    out_chunks = torch.cat([out_chunks, out_chunks.new_zeros(h, 1, d)], 1)
+    # One gather back to token order; uncovered tokens (none under MQD) read an appended zero row.
+    if not plan.all_covered:
+        out_chunks = torch.cat([out_chunks, out_chunks.new_zeros(h, 1, d)], 1)
     return out_chunks[:, plan.inverse].reshape(h, b, n, d).transpose(0, 1)
 
 
