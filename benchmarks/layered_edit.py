@@ -11,11 +11,13 @@ prompt and a rough mask (loose box or blob). Methods, all on the same model and 
                            latent blending), strength 1, on the previous composite
   regenerate               the whole scene from the combined caption, no masks
 After each edit the oracle reads the composite: edit success (the asked colour and shape found
-inside the edit's mask), retention (every earlier object still found inside its own mask),
+inside the edit's mask), retention (of the earlier objects that were found right after their own
+edit and that no later mask covers — over half of the object's box —, the fraction still found),
 background PSNR (pixels outside all dilated masks so far, against the scene before any edit;
 capped at 100 dB for identical pixels) and seconds per edit. Values are means over edits with
 the standard error over scenes (±). The removal row removes layer 1 of each Strata (full) scene:
-removed object gone from its mask, and the other objects retained.
+removed object gone from its mask, and of the other objects present before the removal, the
+fraction still found after it.
 Time ratio: seconds per Strata edit / seconds per plain text-to-image generation (same steps).
 
 JSON keys: machine, scenes, seed, rows.<method>.{edit_success, edit_success_se, retention, retention_se,
@@ -49,11 +51,31 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(255**2 / mse))
 
 
-def score_edit(image, scenario, i, background, dilate_px) -> dict:
-    reading = read_image(image)
-    layer = scenario.layers[i]
-    success = object_inside_mask(reading, layer.target.colour, layer.target.shape, layer.rough_mask)
-    kept = [object_inside_mask(reading, l.target.colour, l.target.shape, l.rough_mask) for l in scenario.layers[:i]]
+def found(reading, layer) -> bool:
+    return object_inside_mask(reading, layer.target.colour, layer.target.shape, layer.rough_mask)
+
+
+def covered_later(scenario, j: int, i: int) -> bool:
+    """Does a mask of layers j+1..i cover most of object j's box (so it may rightly be gone)?"""
+    x0, y0, x1, y1 = (int(round(v * scenario.resolution)) for v in (
+        scenario.layers[j].target.center[0] - scenario.layers[j].target.size / 2,
+        scenario.layers[j].target.center[1] - scenario.layers[j].target.size / 2,
+        scenario.layers[j].target.center[0] + scenario.layers[j].target.size / 2,
+        scenario.layers[j].target.center[1] + scenario.layers[j].target.size / 2))
+    return any(scenario.layers[k].rough_mask[max(0, y0):y1, max(0, x0):x1].mean() > 0.5 for k in range(j + 1, i + 1))
+
+
+def score_edits(images, scenario, background, dilate_px) -> list[dict]:
+    """Per edit: success; retention of every earlier object that was present right after its own
+    edit and that no later mask covers; background PSNR outside all dilated masks so far."""
+    readings = [read_image(im) for im in images]
+    present = [found(r, layer) for r, layer in zip(readings, scenario.layers)]
+    return [score_edit(images[i], readings[i], scenario, i, present, background, dilate_px) for i in range(len(images))]
+
+
+def score_edit(image, reading, scenario, i, present, background, dilate_px) -> dict:
+    success = present[i]
+    kept = [found(reading, scenario.layers[j]) for j in range(i) if present[j] and not covered_later(scenario, j, i)]
     touched = np.zeros(image.shape[:2], dtype=bool)
     for l in scenario.layers[:i + 1]:
         touched |= overlay_alpha(l.rough_mask, dilate_px) > 0
@@ -143,21 +165,19 @@ def main(argv=None) -> dict:
         seed = 1000 * (args.seed + s)
         for method, flags in (("Strata (full)", {}), ("Strata w/o MQD", {"mqd": False}), ("Strata w/o BCG", {"bcg": False})):
             background, images, secs, session = run_strata(pipe, scenario, seed, settings, **flags)
-            scores[method].append([score_edit(im, scenario, i, background, settings.dilate_px) for i, im in enumerate(images)])
+            scores[method].append(score_edits(images, scenario, background, settings.dilate_px))
             seconds[method] += secs
             if method == "Strata (full)":
                 full_background = background
+                before = read_image(images[-1])
                 after = read_image(session.remove_layer(1))
-                gone = scenario.layers[0]
-                removal_gone.append(not object_inside_mask(after, gone.target.colour, gone.target.shape, gone.rough_mask))
-                removal_kept += [object_inside_mask(after, l.target.colour, l.target.shape, l.rough_mask)
-                                 for l in scenario.layers[1:]]
+                removal_gone.append(not found(after, scenario.layers[0]))
+                removal_kept += [found(after, l) for l in scenario.layers[1:] if found(before, l)]
         images, secs = run_blended(inpaint, full_background, scenario, seed, settings)
-        scores["blended latent diffusion"].append([score_edit(im, scenario, i, full_background, settings.dilate_px)
-                                                   for i, im in enumerate(images)])
+        scores["blended latent diffusion"].append(score_edits(images, scenario, full_background, settings.dilate_px))
         seconds["blended latent diffusion"] += secs
         images, secs = run_regenerate(text2image, scenario, seed, settings)
-        scores["regenerate"].append([score_edit(im, scenario, i, full_background, settings.dilate_px) for i, im in enumerate(images)])
+        scores["regenerate"].append(score_edits(images, scenario, full_background, settings.dilate_px))
         seconds["regenerate"] += secs
     rows = {m: summarise(scores[m], seconds[m]) for m in methods}
     plain = [run_regenerate(text2image, sample_edit_scenario(args.seed, resolution=settings.height), 0, settings)[1]]
