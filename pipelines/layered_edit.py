@@ -17,7 +17,6 @@ conditioning) and PixArt-style transformers (T5 with a padding mask).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import warnings
 from dataclasses import dataclass, field, replace

@@ -8,7 +8,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from pipelines.layered_edit import overlay_alpha
-from tests.app.conftest import DISPLAY, SETTINGS, SIZE, stroke_png
+from tests.app.conftest import SETTINGS, SIZE, stroke_png
 
 
 def _image(path) -> np.ndarray:
