@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from benchmarks.common import machine, print_table, write_json
 from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, overlay_alpha
 from pipelines.loading import load_pipeline
-from world.flat import caption_for, sample_edit_scenario
+from world.flat import box_of, caption_for, sample_edit_scenario
 from world.oracle import object_inside_mask, read_image
 
 PSNR_CAP = 100.0
@@ -57,11 +57,8 @@ def found(reading, layer) -> bool:
 
 def covered_later(scenario, j: int, i: int) -> bool:
     """Does a mask of layers j+1..i cover most of object j's box (so it may rightly be gone)?"""
-    x0, y0, x1, y1 = (int(round(v * scenario.resolution)) for v in (
-        scenario.layers[j].target.center[0] - scenario.layers[j].target.size / 2,
-        scenario.layers[j].target.center[1] - scenario.layers[j].target.size / 2,
-        scenario.layers[j].target.center[0] + scenario.layers[j].target.size / 2,
-        scenario.layers[j].target.center[1] + scenario.layers[j].target.size / 2))
+    target = scenario.layers[j].target
+    x0, y0, x1, y1 = (int(round(v * scenario.resolution)) for v in box_of(target.center, target.size))
     return any(scenario.layers[k].rough_mask[max(0, y0):y1, max(0, x0):x1].mean() > 0.5 for k in range(j + 1, i + 1))
 
 

@@ -155,7 +155,8 @@ def render_flat(spec: FlatSpec, resolution: int = 64) -> FlatScene:
     return FlatScene(spec, np.round(image).astype(np.uint8), masks, full, boxes)
 
 
-def _box_of(center, size) -> np.ndarray:
+def box_of(center, size) -> np.ndarray:
+    """An object's bounding box (x0, y0, x1, y1) in fractions of the image side."""
     half = size / 2
     return np.array([center[0] - half, center[1] - half, center[0] + half, center[1] + half])
 
@@ -189,7 +190,7 @@ def sample_flat_spec(seed: int, n_objects: int | tuple[int, int] = (1, 5), *,
             shrink = 0.85 ** (attempt // 100)  # crowded: try smaller objects
             size = float(rng.uniform(*size_range)) * shrink
             center = tuple(float(c) for c in rng.uniform(size / 2 + 0.02, 1 - size / 2 - 0.02, size=2))
-            box = _box_of(center, size)
+            box = box_of(center, size)
             if all(_overlap_fraction(box, b) <= max_overlap and _overlap_fraction(b, box) <= max_overlap
                    and (max_overlap > 0 or _overlap_fraction(box, b) == 0) for b in boxes):
                 break

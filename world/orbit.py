@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from world.flat import caption_for
 from world.geometry import Camera, Primitive, RenderedView, look_at, render_primitives
 from world.vocab import BACKGROUNDS, COLOURS, ORBIT_PRIMITIVES, check_word, object_phrase
 
@@ -69,9 +70,7 @@ class OrbitSpec:
 
     @property
     def caption(self) -> str:
-        phrases = [o.prompt for o in self.objects]
-        listed = phrases[0] if len(phrases) == 1 else " , ".join(phrases[:-1]) + " and " + phrases[-1]
-        return f"{listed} on {self.ground}" if phrases else f"an empty scene of {self.ground}"
+        return caption_for(self.ground, [o.prompt for o in self.objects])
 
     def cameras(self) -> list[Camera]:
         elevation = np.radians(self.elevation_deg)
