@@ -33,17 +33,22 @@ class AttentionController:
     """Holds what the processors need for one pipeline call.
 
     labels: (H, W) long region per latent pixel, values in [0, n_regions), or None (no regions);
-    segment_length: tokens per prompt in the concatenated encoder states (77 for CLIP).
+    segment_length: tokens per prompt in the concatenated encoder states (77 for CLIP);
+    shared_rows: how many leading batch rows carry one prompt repeated in every segment (the
+    classifier-free-guidance negative half): they get plain attention on the first segment.
+    The encoder states are fixed for a call, so processors may cache their keys and values here.
     """
 
     latent_size: tuple[int, int]
     labels: torch.Tensor | None = None
     n_regions: int = 1
     segment_length: int = 77
+    shared_rows: int = 0
     step: int = 0
     timestep: int | None = None
     _token_maps: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
+    kv_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.labels is not None:

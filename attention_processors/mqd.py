@@ -2,8 +2,10 @@
 of its region. Self-attention is untouched (it is what blends a new object into the scene).
 
 The pipeline passes the R prompts concatenated as encoder_hidden_states (B, R·T, C); for the
-classifier-free-guidance negative half it passes the negative prompt R times, so the same region
-attention gives plain attention to the negative prompt everywhere. Region maps and kernel plans
+classifier-free-guidance negative half it passes the negative prompt R times; with
+`controller.shared_rows` set, those rows attend plainly to one copy (the same result, a fraction of
+the work). Keys and values depend only on the encoder states, which are fixed for a pipeline call,
+so they are projected once per layer and cached on the controller. Region maps and kernel plans
 come from the controller; the attention itself from `kernels.region_attention`.
 """
 
@@ -41,18 +43,13 @@ class MultiQueryDisentangledProcessor:
             raise ValueError(f"encoder_hidden_states: expected {ctrl.n_regions} prompts × {ctrl.segment_length} "
                              f"tokens, got {encoder_hidden_states.shape[1]} tokens")
         query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
+        head_dim = query.shape[-1] // attn.heads
         query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
         regions = ctrl.token_regions(n_tokens, query.device)
+        shared = ctrl.shared_rows if attention_mask is None and 0 < ctrl.shared_rows < batch else 0
+        (k_shared, v_shared), (key, value) = self._keys_values(attn, encoder_hidden_states, shared)
         if attention_mask is not None:  # key padding (T5 prompts): one masked call, region ∧ padding
             mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
             mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
@@ -61,8 +58,11 @@ class MultiQueryDisentangledProcessor:
             bias = mask.masked_fill(~allowed, float("-inf")) if mask.dtype != torch.bool else mask & allowed
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         else:
-            plan = ctrl.region_plan(n_tokens, batch, query.device)
-            out = region_attention(query, key, value, regions, ctrl.segment_length, plan=plan)
+            plan = ctrl.region_plan(n_tokens, batch - shared, query.device)
+            out = region_attention(query[shared:], key, value, regions, ctrl.segment_length, plan=plan)
+            if shared:  # the negative prompt, the same in every segment: plain attention on one copy
+                plain = F.scaled_dot_product_attention(query[:shared], k_shared, v_shared)
+                out = torch.cat([plain, out.to(plain.dtype)])
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
@@ -70,3 +70,28 @@ class MultiQueryDisentangledProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    def _keys_values(self, attn: Attention, encoder_hidden_states: torch.Tensor, shared: int):
+        """((k, v) of the first segment of the leading `shared` rows, or (None, None); (k, v) of the rest),
+        each (B', heads, T', head_dim); cached per attention module while the encoder states are the
+        same tensor (the cache holds a reference, so identity cannot be reused by another tensor)."""
+        cache = self.controller.kv_cache
+        hit = cache.get(id(attn))
+        if hit is not None and hit[0] is encoder_hidden_states and hit[1] == shared:
+            return hit[2]
+        states = encoder_hidden_states
+        if attn.norm_cross:
+            states = attn.norm_encoder_hidden_states(states)
+
+        def project(x):
+            key, value = attn.to_k(x), attn.to_v(x)
+            head_dim = key.shape[-1] // attn.heads
+            key = key.view(len(x), -1, attn.heads, head_dim).transpose(1, 2)
+            value = value.view(len(x), -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            return key, value
+        result = (project(states[:shared, :self.controller.segment_length]) if shared else (None, None),
+                  project(states[shared:]))
+        cache[id(attn)] = (encoder_hidden_states, shared, result)
+        return result

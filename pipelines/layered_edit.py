@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline
 from PIL import Image
+from scipy import ndimage
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -35,7 +36,7 @@ from attention_processors import AttentionController, MultiQueryDisentangledProc
 from attention_processors.install import is_cross_attention
 
 SESSION_FORMAT = "strata-layered-session"
-SESSION_VERSION = 1
+SESSION_VERSION = 2  # 2: layers also keep their edit and object masks
 
 
 class SessionError(ValueError):
@@ -57,12 +58,17 @@ class EditSettings:
     mqd: bool = True
     bcg: bool = True
     dilate_px: int = 2  # pixels outside the mask dilated by this much (plus feathering) never change
+    protect: float = 0.5  # an earlier object a new rough mask covers by at most this fraction is kept
+    #                       (its pixels leave the edit region); above it the new layer may occlude it.
+    #                       0 protects nothing.
 
 
 @dataclass(frozen=True)
 class Layer:
     """One layer of the memory. trajectory: (steps + 1, C, h, w) latents of the composite scene after
-    this layer, trajectory[k] after k steps; image: (H, W, 3) uint8 composite; rough_mask: (H, W) bool."""
+    this layer, trajectory[k] after k steps; image: (H, W, 3) uint8 composite; rough_mask: (H, W) bool,
+    as the user drew it; edit_mask: the part of it the layer was allowed to repaint (the rough mask
+    minus protected earlier objects); object_mask: the pixels the layer visibly changed (its object)."""
 
     prompt: str
     seed: int
@@ -71,6 +77,8 @@ class Layer:
     trajectory: torch.Tensor
     image: np.ndarray
     embeds: torch.Tensor  # (1, T, C) prompt embeddings
+    edit_mask: np.ndarray
+    object_mask: np.ndarray
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------
@@ -186,7 +194,8 @@ class LayeredEditPipeline(DiffusionPipeline):
         trajectory = [z[0]]
         n_blended = int(round(settings.steps * (1 - settings.harmonize)))
         controller = AttentionController(self.latent_size(settings), labels, n_regions=len(region_prompts),
-                                         segment_length=cond["hidden"].shape[1] // len(region_prompts))
+                                         segment_length=cond["hidden"].shape[1] // len(region_prompts),
+                                         shared_rows=1)  # row 0 is the negative prompt, repeated
         use_mqd = labels is not None and len(region_prompts) > 1
 
         def make(name, original):
@@ -268,6 +277,35 @@ def overlay_alpha(rough_mask: np.ndarray, dilate_px: int) -> np.ndarray:
     return torch.maximum(soft, m)[0, 0].numpy()
 
 
+def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 48.0) -> np.ndarray:
+    """(H, W) bool: pixels a layer visibly changed (RGB distance above threshold), holes filled and
+    specks under 4 pixels dropped. This is the layer's object as far as later layers are concerned."""
+    changed = np.linalg.norm(after.astype(np.float32) - before.astype(np.float32), axis=-1) > threshold
+    changed = ndimage.binary_fill_holes(changed)
+    components, count = ndimage.label(changed)
+    if count:
+        sizes = ndimage.sum(changed, components, index=np.arange(1, count + 1))
+        changed = np.isin(components, 1 + np.flatnonzero(sizes >= 4))
+    return changed
+
+
+def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.ndarray:
+    """(H, W) bool: the visible pixels of earlier objects that rough_mask covers by at most `protect`
+    of their area, grown by one pixel. A pixel's owner is the last layer whose object covers it."""
+    owner = np.zeros(rough_mask.shape, dtype=np.int64)
+    for j, layer in enumerate(below[1:], start=1):
+        owner[layer.object_mask] = j
+    keep = np.zeros(rough_mask.shape, dtype=bool)
+    if protect <= 0:
+        return keep
+    for j in range(1, len(below)):
+        visible = owner == j
+        area = visible.sum()
+        if area and (visible & rough_mask).sum() <= protect * area:
+            keep |= visible
+    return ndimage.binary_dilation(keep) if keep.any() else keep
+
+
 def composite(previous: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     mixed = alpha[..., None] * new.astype(np.float32) + (1 - alpha[..., None]) * previous.astype(np.float32)
     out = np.round(mixed).astype(np.uint8)
@@ -311,7 +349,8 @@ class LayeredSession:
         trajectory, embeds = self.pipe.generate_layer([prompt], None, seed, self.settings, progress=self.progress,
                                                       callback=callback)
         full = np.ones((self.settings.height, self.settings.width), dtype=bool)
-        self._commit([Layer(prompt, seed, full, "prompt", trajectory, self.pipe.decode(trajectory[-1:]), embeds)])
+        self._commit([Layer(prompt, seed, full, "prompt", trajectory, self.pipe.decode(trajectory[-1:]), embeds,
+                            full, np.zeros_like(full))])
         return self.composite
 
     def start_from_image(self, image, prompt: str = "", method: str = "inversion", seed: int = 0) -> np.ndarray:
@@ -325,7 +364,8 @@ class LayeredSession:
             trajectory = self.pipe.forward_noised(latents, seed, self.settings)
         embeds = self.pipe._condition([prompt], "", self.settings)["embeds"]
         full = np.ones(image.shape[:2], dtype=bool)
-        self._commit([Layer(prompt, seed, full, "image" if method == "inversion" else "noise", trajectory, image, embeds)])
+        self._commit([Layer(prompt, seed, full, "image" if method == "inversion" else "noise", trajectory, image, embeds,
+                            full, np.zeros_like(full))])
         return self.composite
 
     def add_layer(self, prompt: str, rough_mask, seed: int = 0, callback=None) -> np.ndarray:
@@ -381,8 +421,12 @@ class LayeredSession:
     def _render_object(self, below: list[Layer], prompt: str, mask: np.ndarray, seed: int, callback=None) -> Layer:
         s = self.settings
         h, w = self.pipe.latent_size(s)
-        masks = [self.pipe.latent_mask(layer.rough_mask, s)[0, 0].cpu() for layer in below[1:]]
-        current = self.pipe.latent_mask(mask, s)
+        protected = protected_pixels(below, mask, s.protect)
+        edit = mask & ~protected
+        if not edit.any():  # the rough mask lies inside earlier objects: the new layer goes in front
+            edit, protected = mask, np.zeros_like(mask)
+        masks = [self.pipe.latent_mask(layer.edit_mask, s)[0, 0].cpu() for layer in below[1:]]
+        current = self.pipe.latent_mask(edit, s)
         if s.mqd:
             labels = region_labels(masks + [current[0, 0].cpu()], h, w)
             prompts = [layer.prompt for layer in below] + [prompt]
@@ -391,8 +435,11 @@ class LayeredSession:
         trajectory, embeds = self.pipe.generate_layer(prompts, labels, seed, s, background=below[-1].trajectory,
                                                       mask=current, progress=self.progress, callback=callback)
         new = self.pipe.decode(trajectory[-1:])
-        image = composite(below[-1].image, new, overlay_alpha(mask, s.dilate_px))
-        return Layer(prompt, seed, mask, "object", trajectory, image, embeds)
+        alpha = overlay_alpha(edit, s.dilate_px)
+        alpha[protected] = 0  # earlier objects keep their exact pixels
+        image = composite(below[-1].image, new, alpha)
+        return Layer(prompt, seed, mask, "object", trajectory, image, embeds, edit,
+                     object_pixels(below[-1].image, image))
 
     def _replay(self, kept: list[Layer], later: list[Layer]) -> list[Layer]:
         """Re-run the later layers, in order, with their own prompts, masks and seeds."""
@@ -409,8 +456,8 @@ class LayeredSession:
     # -- saving
 
     def save(self, folder: str | Path) -> Path:
-        """session.json (settings, layer prompts and seeds) + memory.safetensors (masks, trajectories,
-        images, prompt embeddings). Loads back bit-exact."""
+        """session.json (settings, layer prompts and seeds) + memory.safetensors (rough, edit and object
+        masks, trajectories, images, prompt embeddings). Loads back bit-exact."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {}
@@ -419,6 +466,8 @@ class LayeredSession:
             tensors[f"layer{i}.embeds"] = layer.embeds.detach().cpu().contiguous()
             tensors[f"layer{i}.image"] = torch.from_numpy(np.ascontiguousarray(layer.image))
             tensors[f"layer{i}.mask"] = torch.from_numpy(np.ascontiguousarray(layer.rough_mask.astype(np.uint8)))
+            tensors[f"layer{i}.edit_mask"] = torch.from_numpy(np.ascontiguousarray(layer.edit_mask.astype(np.uint8)))
+            tensors[f"layer{i}.object_mask"] = torch.from_numpy(np.ascontiguousarray(layer.object_mask.astype(np.uint8)))
         save_file(tensors, folder / "memory.safetensors")
         manifest = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "settings": self.settings.__dict__,
                     "latent_channels": int(self.pipe.denoiser.config.in_channels),
@@ -449,7 +498,9 @@ class LayeredSession:
         h, w = pipe.latent_size(settings)
         expected = {"trajectory": ((settings.steps + 1, manifest.get("latent_channels"), h, w), None),
                     "image": ((settings.height, settings.width, 3), torch.uint8),
-                    "mask": ((settings.height, settings.width), torch.uint8)}
+                    "mask": ((settings.height, settings.width), torch.uint8),
+                    "edit_mask": ((settings.height, settings.width), torch.uint8),
+                    "object_mask": ((settings.height, settings.width), torch.uint8)}
         layers = []
         for i, entry in enumerate(entries):
             for name, (shape, dtype) in expected.items():
@@ -461,7 +512,9 @@ class LayeredSession:
                 raise SessionError(f"{memory_path}: layer{i}.embeds is missing")
             layers.append(Layer(str(entry["prompt"]), int(entry["seed"]), tensors[f"layer{i}.mask"].numpy().astype(bool),
                                 str(entry["kind"]), tensors[f"layer{i}.trajectory"].to(pipe.device),
-                                tensors[f"layer{i}.image"].numpy(), tensors[f"layer{i}.embeds"].to(pipe.device)))
+                                tensors[f"layer{i}.image"].numpy(), tensors[f"layer{i}.embeds"].to(pipe.device),
+                                tensors[f"layer{i}.edit_mask"].numpy().astype(bool),
+                                tensors[f"layer{i}.object_mask"].numpy().astype(bool)))
         if not layers:
             raise SessionError(f"{manifest_path}: the session has no layers")
         return cls(pipe, settings, layers, progress=progress)

@@ -74,6 +74,28 @@ def test_remove_and_edit_any_layer_replays_the_later_ones(session):
     assert len(session.layers) == 3
 
 
+def test_a_mask_that_clips_an_earlier_object_leaves_it_intact(session):
+    first_box = _box(4, 16, 4, 16)
+    session.add_layer("a red circle", first_box, seed=1)
+    first = session.layers[1]
+    assert first.object_mask.any(), "the layer's object: the pixels it changed"
+    assert not (first.object_mask & (overlay_alpha(first_box, SETTINGS.dilate_px) == 0)).any()
+    clip = _box(12, 28, 12, 28)  # loose: takes a corner of the first object
+    assert 0 < (first.object_mask & clip).sum() <= SETTINGS.protect * first.object_mask.sum()
+    out = session.add_layer("a blue square", clip, seed=2)
+    np.testing.assert_array_equal(out[first.object_mask], first.image[first.object_mask])
+    second = session.layers[2]
+    assert not (second.edit_mask & first.object_mask).any() and (second.edit_mask <= clip).all()
+    session.undo()
+    cover = _box(2, 20, 2, 20)  # covers the object: the new layer goes in front of it
+    session.add_layer("a blue square", cover, seed=2)
+    np.testing.assert_array_equal(session.layers[2].edit_mask, cover)
+    unprotected = LayeredSession(session.pipe, EditSettings(**{**SETTINGS.__dict__, "protect": 0.0}), session.layers[:2],
+                                 progress=False)
+    unprotected.add_layer("a blue square", clip, seed=2)
+    np.testing.assert_array_equal(unprotected.layers[2].edit_mask, clip)
+
+
 def test_save_and_load_are_bit_exact(session, tmp_path):
     session.add_layer("a red circle", _box(2, 12, 2, 12), seed=1)
     session.save(tmp_path / "s")
@@ -83,6 +105,8 @@ def test_save_and_load_are_bit_exact(session, tmp_path):
         assert torch.equal(a.trajectory, b.trajectory) and torch.equal(a.embeds, b.embeds)
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.rough_mask, b.rough_mask)
+        np.testing.assert_array_equal(a.edit_mask, b.edit_mask)
+        np.testing.assert_array_equal(a.object_mask, b.object_mask)
         assert (a.prompt, a.seed, a.kind) == (b.prompt, b.seed, b.kind)
     again.add_layer("a blue square", _box(18, 30, 18, 30), seed=2)  # a loaded session edits on
 

@@ -55,6 +55,30 @@ def test_mqd_tokens_see_only_their_prompt():
         torch.testing.assert_close(out[:, flat == r], expected[:, flat == r], atol=1e-5, rtol=1e-5)
 
 
+def test_mqd_shared_negative_rows_and_cached_keys_match_the_plain_computation():
+    attn = _attention()
+    h = w = 6
+    labels = torch.randint(0, 3, (h, w))
+    x = torch.randn(2, h * w, 32)
+    negative = torch.randn(1, 5, 32)
+    states = torch.cat([negative.repeat(1, 3, 1), torch.randn(1, 15, 32)])  # row 0: one prompt, repeated
+    full = MultiQueryDisentangledProcessor(AttentionController((h, w), labels, n_regions=3, segment_length=5))
+    ctrl = AttentionController((h, w), labels, n_regions=3, segment_length=5, shared_rows=1)
+    fast = MultiQueryDisentangledProcessor(ctrl)
+    expected = full(attn, x, states)
+    torch.testing.assert_close(fast(attn, x, states), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(expected[:1], AttnProcessor2_0()(attn, x[:1], negative), atol=1e-5, rtol=1e-5)
+    calls = []
+    hook = attn.to_k.register_forward_hook(lambda *a: calls.append(1))
+    x2 = torch.randn(2, h * w, 32)
+    torch.testing.assert_close(fast(attn, x2, states), full(attn, x2, states), atol=1e-5, rtol=1e-5)
+    assert not calls, "same encoder states: both processors reuse their cached keys"
+    other = torch.cat([torch.randn(1, 5, 32).repeat(1, 3, 1), torch.randn(1, 15, 32)])  # new states: projected afresh
+    torch.testing.assert_close(fast(attn, x2, other), full(attn, x2, other), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 3, "fast projects the shared row and the rest, full everything at once"
+    hook.remove()
+
+
 def test_mqd_self_attention_is_untouched_and_wrong_prompt_count_is_an_error():
     attn = _attention(cross_dim=None)
     ctrl = AttentionController((4, 4), torch.zeros(4, 4, dtype=torch.long), n_regions=2, segment_length=5)
