@@ -380,7 +380,7 @@ class LayeredSession:
         self._check_index(index)
         if index == 0:
             raise ValueError("layer: the background (layer 0) cannot be removed; start a new scene instead")
-        self._commit(self._replay(self.layers[:index], self.layers[index + 1:]))
+        self._commit(self._replay(self.layers[:index], self.layers[index:]))
         return self.composite
 
     def edit_layer(self, index: int, prompt: str | None = None, mask=None, seed: int | None = None) -> np.ndarray:
@@ -399,7 +399,7 @@ class LayeredSession:
         else:
             new_mask = old.rough_mask if mask is None else prepare_mask(mask, self.settings.height, self.settings.width)
             first = self.layers[:index] + [self._render_object(self.layers[:index], prompt, new_mask, seed)]
-        self._commit(self._replay(first, self.layers[index + 1:]))
+        self._commit(self._replay(first, self.layers[index:]))
         return self.composite
 
     def undo(self) -> np.ndarray | None:
@@ -441,11 +441,25 @@ class LayeredSession:
         return Layer(prompt, seed, mask, "object", trajectory, image, embeds, edit,
                      object_pixels(below[-1].image, image))
 
-    def _replay(self, kept: list[Layer], later: list[Layer]) -> list[Layer]:
-        """Re-run the later layers, in order, with their own prompts, masks and seeds."""
+    def _replay(self, kept: list[Layer], old: list[Layer]) -> list[Layer]:
+        """Bring the layers after kept up to date. old[0] is the layer kept's last one replaces (or the
+        removed one), old[1:] the later layers, in order. A later layer whose dilated rough mask sees
+        no changed pixel below it is carried over: its pixels are exact (the composite there depends
+        only on what lies below, which did not change) and its latents are spliced into the new scene.
+        The others are re-run with their own prompts, masks and seeds."""
         layers = list(kept)
-        for layer in later:
-            layers.append(self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed))
+        s = self.settings
+        for before, layer in zip(old, old[1:]):
+            changed = (layers[-1].image != before.image).any(-1)
+            region = overlay_alpha(layer.rough_mask, s.dilate_px) > 0
+            if (changed & region).any():
+                layers.append(self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed))
+                continue
+            image = np.where(region[..., None], layer.image, layers[-1].image)
+            m = self.pipe.latent_mask(layer.edit_mask, s)[0]
+            trajectory = layers[-1].trajectory * (1 - m) + layer.trajectory * m
+            layers.append(replace(layer, image=image, trajectory=trajectory,
+                                  object_mask=object_pixels(layers[-1].image, image)))
         return layers
 
     def _check_index(self, index: int) -> None:

@@ -64,8 +64,15 @@ def test_remove_and_edit_any_layer_replays_the_later_ones(session):
     background = session.layers[0].image
     untouched = overlay_alpha(m2 | m3, SETTINGS.dilate_px) == 0
     np.testing.assert_array_equal(session.composite[untouched], background[untouched])  # the circle is gone
+    kept = overlay_alpha(m2 | m3, SETTINGS.dilate_px) > 0  # far from the circle: carried over, not re-rolled
+    np.testing.assert_array_equal(session.composite[kept], last.image[kept])
+    pink = session.layers[2]
     session.edit_layer(1, prompt="a black square", mask=_box(4, 12, 18, 28))
     assert session.layers[1].prompt == "a black square" and session.layers[2].seed == last.seed
+    assert session.layers[2].image is not pink.image and session.layers[2].prompt == pink.prompt
+    session.edit_layer(1, mask=_box(16, 28, 4, 14))  # now under the triangle's mask: the triangle is re-run
+    assert not torch.equal(session.layers[2].trajectory, pink.trajectory)
+    session.undo()
     session.undo()
     session.undo()
     assert [l.prompt for l in session.layers][1:] == ["a red circle", "a blue square", "a pink triangle"]

@@ -157,9 +157,13 @@ def intersect_ground(o, d):
 LIGHT = np.array([0.4, 0.3, 0.86]) / np.linalg.norm([0.4, 0.3, 0.86])
 
 
+SHADING = (0.7, 1.0)  # the range of lambert(); world.oracle reads shaded renders with it
+
+
 def lambert(normals: np.ndarray) -> np.ndarray:
-    """View-independent shading factor in [0.7, 1.0], so colours stay near their palette entry."""
-    return 0.7 + 0.3 * np.clip(normals @ LIGHT, 0, 1)
+    """View-independent shading factor in SHADING, so colours stay near their palette entry."""
+    lo, hi = SHADING
+    return lo + (hi - lo) * np.clip(normals @ LIGHT, 0, 1)
 
 
 @dataclass(frozen=True)

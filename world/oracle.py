@@ -1,6 +1,7 @@
 """The oracle: reads a world image back without any learned model.
 
-Pixels are assigned to the nearest palette colour (object colours and background colours);
+Pixels are assigned to the nearest palette colour (object colours and background colours; for
+shaded 3-D renders, the nearest shade s·colour with s in the renderer's shading range);
 objects are connected components of one object colour, their shape is read from how much of their
 bounding box they fill, and the background is the majority of background-coloured pixels.
 """
@@ -41,10 +42,17 @@ class Reading:
         return [o for o in self.objects if o.colour == colour and (shape is None or o.shape == shape)]
 
 
-def classify_pixels(image: np.ndarray, max_distance: float = 70.0) -> np.ndarray:
-    """(H, W, 3) uint8 → (H, W) palette index (objects first, then backgrounds), -1 if far from all."""
+def classify_pixels(image: np.ndarray, max_distance: float = 70.0, shading: tuple[float, float] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 → (H, W) palette index (objects first, then backgrounds), -1 if far from all.
+    shading (lo, hi): distances are to the segment {s·colour : lo ≤ s ≤ hi} (Lambertian renders)."""
     image = _check_image(image)
-    dist = np.linalg.norm(image[:, :, None, :].astype(np.float32) - _PALETTE, axis=-1)
+    pixels = image[:, :, None, :].astype(np.float32)
+    if shading is None:
+        dist = np.linalg.norm(pixels - _PALETTE, axis=-1)
+    else:
+        norm2 = (_PALETTE**2).sum(-1)
+        s = np.clip((pixels * _PALETTE).sum(-1) / norm2, *shading)
+        dist = np.linalg.norm(pixels - s[..., None] * _PALETTE, axis=-1)
     labels = dist.argmin(-1)
     labels[dist.min(-1) > max_distance] = -1
     return labels
@@ -58,9 +66,10 @@ def shape_from_fill(fill: float) -> str:
     return "triangle"
 
 
-def read_image(image: np.ndarray, min_area_fraction: float = 0.004) -> Reading:
-    """Read background and objects. Components smaller than min_area_fraction of the image are noise."""
-    labels = classify_pixels(image)
+def read_image(image: np.ndarray, min_area_fraction: float = 0.004, shading: tuple[float, float] | None = None) -> Reading:
+    """Read background and objects. Components smaller than min_area_fraction of the image are noise.
+    shading: see classify_pixels (world.geometry.SHADING for orbit and street renders)."""
+    labels = classify_pixels(image, shading=shading)
     h, w = labels.shape
     min_area = max(4, int(round(min_area_fraction * h * w)))
     objects = []
