@@ -10,7 +10,8 @@ object of that colour (colour), of that colour and shape (shape); as many object
 ControlNet: n/4 held-out orbit layouts (one view each); the oracle reads the generated image and
 each visible object (≥ 30 layout pixels) scores: an object of its colour whose box has IoU ≥ 0.5
 with the layout silhouette's box (inside box), or any object of its colour overlapping it (colour).
-The same is measured on the ground-truth render as the ceiling the oracle allows.
+The same is measured on the ground-truth render as the ceiling the oracle allows (the oracle reads
+these with the renderer's shading range, so a shaded face is still its palette colour).
 
 VAE: PSNR of reconstructions of held-out flat, orbit and street images.
 Speed: seconds per 64 × 64 image, 20 steps with guidance, batch 1, on this machine.
@@ -35,6 +36,7 @@ from benchmarks.common import machine, print_table, write_json
 from pipelines.loading import EMBEDDED, ModelLoadError, load_controlnet, load_pipeline
 from world.flat import held_out_triples, render_flat, sample_flat_spec
 from world.models import build_components, build_controlnet, scheduler_config
+from world.geometry import SHADING
 from world.oracle import box_iou, read_image
 from world.orbit import control_map, render_orbit, sample_orbit_spec
 from world.street import render_street_frame, sample_street_clip
@@ -95,7 +97,7 @@ def controlnet_cases(n: int, seed: int) -> list:
 def score_layout(images, cases) -> dict:
     inside = colour = total = 0
     for image, (_, _, objects) in zip(images, cases):
-        reading = read_image(image)
+        reading = read_image(image, shading=SHADING)  # orbit renders are Lambertian-shaded
         for obj_colour, box in objects:
             total += 1
             matches = reading.find(obj_colour)

@@ -41,6 +41,25 @@ def test_oracle_tolerates_noise_and_blur():
     assert sorted((o.colour, o.shape) for o in reading.objects) == [("orange", "square"), ("purple", "circle")]
 
 
+def test_shading_aware_reading_finds_every_object_of_orbit_renders():
+    from world.geometry import SHADING
+    found = {None: 0, SHADING: 0}
+    total = 0
+    for seed in range(12):
+        spec = sample_orbit_spec(seed, (1, 3), n_cameras=8)
+        view = render_orbit(spec, [seed % 8])[0]
+        for k, obj in enumerate(spec.objects, start=1):
+            ys, xs = np.nonzero(view.instance == k)
+            if len(ys) < 30:
+                continue
+            total += 1
+            box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            for shading in found:
+                found[shading] += any(box_iou(o.box, box) >= 0.5 for o in read_image(view.rgb, shading=shading).find(obj.colour))
+    assert total >= 15 and found[SHADING] == total, "with the shading range every visible object is read whole"
+    assert found[None] < total, "flat palette distances split shaded objects (why the option exists)"
+
+
 def test_object_inside_mask():
     scene = render_flat(FlatSpec("grass", (FlatObject("red", "square", (0.3, 0.3), 0.2),)), 64)
     reading = read_image(scene.image)
