@@ -5,8 +5,10 @@ Multi-Query Disentanglement in cross-attention (each region sees only its own pr
 Background Consistency Guidance (after every scheduler step, outside the rough mask the latent is
 taken from the previous layer's trajectory, except during the last `harmonize` fraction of steps),
 then a feathered pixel overlay so that pixels outside the dilated rough mask stay exactly as they
-were. `LayeredSession` keeps the layers: start from a prompt or an image, add, remove or edit any
-layer (later layers are replayed from their seeds), undo/redo, save/load.
+were. The region a layer may repaint is its rough mask minus the visible pixels of earlier objects
+that the mask only clips (`EditSettings.protect`). `LayeredSession` keeps the layers: start from a
+prompt or an image, add, remove or edit any layer (later layers that see the change are replayed
+from their seeds, the others carried over exactly), undo/redo, save/load.
 
 It runs on SD-1.x-style UNets (the embedded default), SDXL-style UNets (two text encoders, added
 conditioning) and PixArt-style transformers (T5 with a padding mask).
