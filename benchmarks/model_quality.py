@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from benchmarks.common import machine, print_table, write_json
 from pipelines.loading import EMBEDDED, ModelLoadError, load_controlnet, load_pipeline
 from world.flat import held_out_triples, render_flat, sample_flat_spec
-from world.models import build_components, build_controlnet, scheduler_config
 from world.geometry import SHADING
+from world.models import build_components, build_controlnet, scheduler_config
 from world.oracle import box_iou, read_image
 from world.orbit import control_map, render_orbit, sample_orbit_spec
 from world.street import render_street_frame, sample_street_clip

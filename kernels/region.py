@@ -125,7 +125,7 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
     plan = plan or make_plan(region, b, n_regions)
     c = plan.chunk
     n_chunks = len(plan.chunk_segment)
-    # index_select, not advanced indexing: the same gather, 3–5× faster on CPU.
+    # index_select, not advanced indexing: the same gathers, 3–5× faster on CPU (measured alone).
     q_rows = q.transpose(0, 1).reshape(h, b * n, d)
     q_chunks = q_rows.index_select(1, plan.rows.clamp(min=0)).reshape(h, n_chunks, c, d)
     k_segs = k.transpose(0, 1).reshape(h, b * n_regions, segment_length, d).index_select(1, plan.chunk_segment)
