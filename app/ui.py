@@ -149,16 +149,21 @@ class StrataApp:
         s = self._session(key)
         return LayeredSession(s.pipe, s.settings, list(s.layers), list(s._undo), list(s._redo), progress=False)
 
-    def download_session(self, key):
+    def _file_from_session(self, key, write):
+        """(file, status) from write(session, folder), or (None, warning) when there is no session."""
         try:
             session = self._session(key)
         except USER_ERRORS as err:
             gr.Warning(str(err))
             return None, f"⚠️ {err}"
-        folder = self.workdir / uuid.uuid4().hex
-        session.save(folder / "session")
-        archive = shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
-        return archive, "Session saved: upload this zip later to resume."
+        return write(session, self.workdir / uuid.uuid4().hex)
+
+    def download_session(self, key):
+        def write(session, folder):
+            session.save(folder / "session")
+            archive = shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
+            return archive, "Session saved: upload this zip later to resume."
+        return self._file_from_session(key, write)
 
     def upload_session(self, key, model_name, file):
         def work(pipe, callback):
@@ -174,17 +179,14 @@ class StrataApp:
         return self._run(key, model_name, work)
 
     def export_png(self, key):
-        try:
-            session = self._session(key)
-        except USER_ERRORS as err:
-            gr.Warning(str(err))
-            return None, f"⚠️ {err}"
-        folder = self.workdir / uuid.uuid4().hex / "strata-export"
-        folder.mkdir(parents=True)
-        Image.fromarray(session.composite).save(folder / "composite.png")
-        for i, image in enumerate(session.layer_images()):
-            Image.fromarray(image).save(folder / f"layer_{i:02d}.png")
-        return shutil.make_archive(str(folder), "zip", folder), "Exported the composite and every layer as PNG."
+        def write(session, folder):
+            folder = folder / "strata-export"
+            folder.mkdir(parents=True)
+            Image.fromarray(session.composite).save(folder / "composite.png")
+            for i, image in enumerate(session.layer_images()):
+                Image.fromarray(image).save(folder / f"layer_{i:02d}.png")
+            return shutil.make_archive(str(folder), "zip", folder), "Exported the composite and every layer as PNG."
+        return self._file_from_session(key, write)
 
 
 def _index(value) -> int:
