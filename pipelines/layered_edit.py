@@ -107,6 +107,16 @@ class LayeredEditPipeline(DiffusionPipeline):
     def denoiser(self):
         return self.unet if self.unet is not None else self.transformer
 
+    # diffusers' `device`/`dtype` walk the pipeline's signature and components on every read (about
+    # 1 ms each on a CPU); they are read several times per layer, so read one denoiser parameter instead.
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
     # -- prompts
 
     def _tokens(self, tokenizer, prompts: list[str]):
