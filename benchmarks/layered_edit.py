@@ -17,12 +17,15 @@ background PSNR (pixels outside all dilated masks so far, against the scene befo
 capped at 100 dB for identical pixels) and seconds per edit. Values are means over edits with
 the standard error over scenes (±). The removal row removes layer 1 of each Strata (full) scene:
 removed object gone from its mask, and of the other objects present before the removal, the
-fraction still found after it.
+fraction still found after it. A second table gives Strata (full) minus each other method, paired
+by scene (same scenario, same seeds): the mean difference and its standard error.
 Time ratio: seconds per Strata edit / seconds per plain text-to-image generation (same model and
 steps: the regenerate row, whose generations run interleaved with the edits, scene by scene).
 
 JSON keys: machine, scenes, seed, rows.<method>.{edit_success, edit_success_se, retention, retention_se,
-background_psnr_db, seconds_per_edit}, removal.{removed_gone, others_retained}, plain_seconds, time_ratio.
+background_psnr_db, seconds_per_edit}, removal.{removed_gone, others_retained},
+margins.<method>.{edit_success, retention} = [mean, standard error] of Strata (full) minus that method
+paired by scene (null where no scene is scored on both sides), plain_seconds, time_ratio.
 """
 
 from __future__ import annotations
@@ -116,22 +119,39 @@ def run_regenerate(text2image, scenario, seed, settings):
     return images, seconds
 
 
+def scene_values(per_scene: list[list[dict]], key: str) -> np.ndarray:
+    """One value per scene (NaN where a scene has nothing to score, e.g. no earlier object to retain)."""
+    values = []
+    for edits in per_scene:
+        if key == "success":
+            values.append(np.mean([e["success"] for e in edits]))
+        elif key == "kept":
+            kept = [k for e in edits for k in e["kept"]]
+            values.append(np.mean(kept) if kept else np.nan)
+        else:
+            values.append(np.mean([e["psnr"] for e in edits]))
+    return np.array(values, dtype=np.float64)
+
+
+def paired_margin(ours: list[list[dict]], theirs: list[list[dict]], key: str) -> tuple[float, float]:
+    """Mean over scenes of (ours − theirs) on the same scenes and seeds, and its standard error:
+    the scene-to-scene spread of the difference, not of each method alone."""
+    diff = scene_values(ours, key) - scene_values(theirs, key)
+    diff = diff[~np.isnan(diff)]
+    if len(diff) < 2:  # nothing (or one scene) scored on both sides: no spread to give
+        return (float(diff.mean()) if len(diff) else None), None
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
+def _margin_text(mean, se) -> str:
+    return "-" if mean is None else f"{mean:+.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+
 def summarise(per_scene: list[list[dict]], seconds: list[float]) -> dict:
-    def scene_means(key):
-        values = []
-        for edits in per_scene:
-            if key == "success":
-                values.append(np.mean([e["success"] for e in edits]))
-            elif key == "kept":
-                kept = [k for e in edits for k in e["kept"]]
-                if kept:
-                    values.append(np.mean(kept))
-            else:
-                values.append(np.mean([e["psnr"] for e in edits]))
-        return np.array(values)
     out = {}
     for key, name in (("success", "edit_success"), ("kept", "retention"), ("psnr", "background_psnr_db")):
-        v = scene_means(key)
+        v = scene_values(per_scene, key)
+        v = v[~np.isnan(v)]
         out[name] = float(v.mean())
         out[name + "_se"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
     out["seconds_per_edit"] = float(np.mean(seconds))
@@ -185,9 +205,15 @@ def main(argv=None) -> dict:
     table.append(["removal (Strata, layer 1)", f"gone {removal['removed_gone']:.3f}", f"{removal['others_retained']:.3f}", "-", "-"])
     print_table(f"Layered editing, {args.scenes} scenes, seed {args.seed}, {args.model}, {machine()}",
                 ["method", "edit success", "retention", "background PSNR dB", "s / edit"], table)
+    margins = {m: {key: paired_margin(scores["Strata (full)"], scores[m], key) for key in ("success", "kept")}
+               for m in methods[1:]}
+    print_table("Strata (full) minus each method, paired by scene (mean ± standard error of the difference)",
+                ["method", "edit success", "retention"],
+                [[m, *(_margin_text(*d[key]) for key in ("success", "kept"))] for m, d in margins.items()])
     ratio = rows["Strata (full)"]["seconds_per_edit"] / plain_seconds
     print(f"time per Strata edit / plain generation: {ratio:.2f} (plain {plain_seconds:.3f} s)")
     result = {"machine": machine(), "scenes": args.scenes, "seed": args.seed, "rows": rows, "removal": removal,
+              "margins": {m: {"edit_success": d["success"], "retention": d["kept"]} for m, d in margins.items()},
               "plain_seconds": plain_seconds, "time_ratio": ratio}
     write_json(args.json, result)
     return result
