@@ -3,7 +3,8 @@
     python -m benchmarks.layered_edit --scenes 20 --seed 0 --json out.json
 
 Each scenario (world.flat.sample_edit_scenario) is a background and 2–5 object layers, each with a
-prompt and a rough mask (loose box or blob). Methods, all on the same model and seeds:
+prompt and a rough mask (loose box or blob). --seed S runs scenarios S·10⁴ … S·10⁴ + N − 1, so two
+seeds share no scene (their spread is the seed-to-seed spread). Methods, all on the same model and seeds:
   Strata (full)            MQD + BCG + feathered pixel overlay
   Strata w/o MQD           cross-attention sees only the new layer's prompt everywhere
   Strata w/o BCG           no latent blending with the memory (overlay kept)
@@ -46,6 +47,7 @@ from world.flat import box_of, caption_for, sample_edit_scenario
 from world.oracle import object_inside_mask, read_image
 
 PSNR_CAP = 100.0
+SCENES_PER_SEED = 10_000  # --seed S runs scenarios S·10⁴, S·10⁴ + 1, …: different seeds never overlap
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
@@ -166,6 +168,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if not 0 < args.scenes <= SCENES_PER_SEED:
+        parser.error(f"--scenes: expected 1..{SCENES_PER_SEED}, got {args.scenes}")
     pipe = load_pipeline(args.model, LayeredEditPipeline)
     pipe.set_progress_bar_config(disable=True)
     parts = dict(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
@@ -179,8 +183,9 @@ def main(argv=None) -> dict:
     seconds = {m: [] for m in methods}
     removal_gone, removal_kept = [], []
     for s in tqdm(range(args.scenes), desc="scenes"):
-        scenario = sample_edit_scenario(args.seed + s, resolution=settings.height)
-        seed = 1000 * (args.seed + s)
+        index = SCENES_PER_SEED * args.seed + s  # seeds S and S + 1 share no scene (seed 0: scenes 0, 1, …)
+        scenario = sample_edit_scenario(index, resolution=settings.height)
+        seed = 1000 * index
         for method, flags in (("Strata (full)", {}), ("Strata w/o MQD", {"mqd": False}), ("Strata w/o BCG", {"bcg": False})):
             background, images, secs, session = run_strata(pipe, scenario, seed, settings, **flags)
             scores[method].append(score_edits(images, scenario, background, settings.dilate_px))
