@@ -135,7 +135,7 @@ def scene_values(per_scene: list[list[dict]], key: str) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def paired_margin(ours: list[list[dict]], theirs: list[list[dict]], key: str) -> tuple[float, float]:
+def paired_margin(ours: list[list[dict]], theirs: list[list[dict]], key: str) -> tuple[float | None, float | None]:
     """Mean over scenes of (ours − theirs) on the same scenes and seeds, and its standard error:
     the scene-to-scene spread of the difference, not of each method alone."""
     diff = scene_values(ours, key) - scene_values(theirs, key)
