@@ -84,8 +84,9 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
 
 def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None):
     """Token n of q attends to key segment region[n] only (see kernels.region)."""
-    uses_plan = plan is not None and (backend or backend_for(q.device)) in ("torch", "triton")
-    return _run("region", backend, q.device, q, k, v, region, segment_length, scale, **({"plan": plan} if uses_plan else {}))
+    name = _check_backend(backend) if backend else backend_for(q.device)  # resolved once per call
+    uses_plan = plan is not None and name in ("torch", "triton")
+    return _run("region", name, q.device, q, k, v, region, segment_length, scale, **({"plan": plan} if uses_plan else {}))
 
 
 def blended_attention(q, k, v, q_hat, w, scale=None, backend: str | None = None):

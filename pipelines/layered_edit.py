@@ -304,12 +304,12 @@ def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 48.0
 def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.ndarray:
     """(H, W) bool: the visible pixels of earlier objects that rough_mask covers by at most `protect`
     of their area, grown by one pixel. A pixel's owner is the last layer whose object covers it."""
-    owner = np.zeros(rough_mask.shape, dtype=np.int64)
-    for j, layer in enumerate(below[1:], start=1):
-        owner[layer.object_mask] = j
     keep = np.zeros(rough_mask.shape, dtype=bool)
     if protect <= 0:
         return keep
+    owner = np.zeros(rough_mask.shape, dtype=np.int64)
+    for j, layer in enumerate(below[1:], start=1):
+        owner[layer.object_mask] = j
     for j in range(1, len(below)):
         visible = owner == j
         area = visible.sum()
@@ -491,9 +491,8 @@ class LayeredSession:
             tensors[f"layer{i}.trajectory"] = layer.trajectory.detach().cpu().contiguous()
             tensors[f"layer{i}.embeds"] = layer.embeds.detach().cpu().contiguous()
             tensors[f"layer{i}.image"] = torch.from_numpy(np.ascontiguousarray(layer.image))
-            tensors[f"layer{i}.mask"] = torch.from_numpy(np.ascontiguousarray(layer.rough_mask.astype(np.uint8)))
-            tensors[f"layer{i}.edit_mask"] = torch.from_numpy(np.ascontiguousarray(layer.edit_mask.astype(np.uint8)))
-            tensors[f"layer{i}.object_mask"] = torch.from_numpy(np.ascontiguousarray(layer.object_mask.astype(np.uint8)))
+            for name, mask in (("mask", layer.rough_mask), ("edit_mask", layer.edit_mask), ("object_mask", layer.object_mask)):
+                tensors[f"layer{i}.{name}"] = torch.from_numpy(np.ascontiguousarray(mask.astype(np.uint8)))
         save_file(tensors, folder / "memory.safetensors")
         manifest = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "settings": self.settings.__dict__,
                     "latent_channels": int(self.pipe.denoiser.config.in_channels),
