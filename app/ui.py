@@ -13,6 +13,7 @@ import threading
 import uuid
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -28,6 +29,8 @@ DISPLAY = 4  # the editor shows the scene this many times larger
 MAX_UPLOAD = "5mb"
 # Scenes are small: show them enlarged with hard pixel edges.
 CSS = "#composite img, #layers img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+# the app's words for EditSettings.replay
+REPLAY_CHOICES = {"keep their objects (from memory, fast)": "memory", "re-draw them from their seeds": "seed"}
 USER_ERRORS = (ValueError, IndexError, SessionError, ModelLoadError, OSError, zipfile.BadZipFile)
 
 
@@ -120,16 +123,17 @@ class StrataApp:
             return session
         return self._run(key, model_name, work, progress)
 
-    def remove_layer(self, key, model_name, index, progress=gr.Progress()):
+    def remove_layer(self, key, model_name, index, replay=None, progress=gr.Progress()):
         def work(pipe, callback):
-            session = self._copy(key)
+            session = self._copy(key, replay)
             session.remove_layer(_index(index))
             return session
         return self._run(key, model_name, work, progress)
 
-    def edit_layer(self, key, model_name, index, editor, prompt, use_box, progress=gr.Progress()):
+    def edit_layer(self, key, model_name, index, editor, prompt, use_box, replay=None,
+                   progress=gr.Progress()):
         def work(pipe, callback):
-            session = self._copy(key)
+            session = self._copy(key, replay)
             try:
                 mask = rough_mask(editor, self.settings.height, self.settings.width, use_box)
             except ValueError:
@@ -144,10 +148,16 @@ class StrataApp:
     def redo(self, key, model_name):
         return self._run(key, model_name, lambda pipe, cb: _apply(self._copy(key), "redo"))
 
-    def _copy(self, key) -> LayeredSession:
-        """A shallow copy, so a failing edit leaves the stored session untouched."""
+    def _copy(self, key, replay: str | None = None) -> LayeredSession:
+        """A shallow copy, so a failing edit leaves the stored session untouched; replay: one of
+        REPLAY_CHOICES, how later layers that see a removal or re-edit are brought up to date."""
         s = self._session(key)
-        return LayeredSession(s.pipe, s.settings, list(s.layers), list(s._undo), list(s._redo), progress=False)
+        settings = s.settings
+        if replay is not None:
+            if replay not in REPLAY_CHOICES:
+                raise ValueError(f"replay: expected one of {list(REPLAY_CHOICES)}, got {replay!r}")
+            settings = replace(settings, replay=REPLAY_CHOICES[replay])
+        return LayeredSession(s.pipe, settings, list(s.layers), list(s._undo), list(s._redo), progress=False)
 
     def _file_from_session(self, key, write):
         """(file, status) from write(session, folder), or (None, warning) when there is no session."""
@@ -242,6 +252,8 @@ def build_app(model: str = EMBEDDED, store: SessionStore | None = None, settings
                     with gr.Row():
                         remove = gr.Button("Remove layer", elem_id="remove-layer")
                         reedit = gr.Button("Re-edit layer (prompt and/or new mask)")
+                    replay = gr.Radio(list(REPLAY_CHOICES), value=next(iter(REPLAY_CHOICES)),
+                                      label="Later layers whose mask sees the change")
             message = gr.Markdown(elem_id="message")
             with gr.Row():
                 save = gr.Button("Download session")
@@ -254,8 +266,9 @@ def build_app(model: str = EMBEDDED, store: SessionStore | None = None, settings
         start.click(strata.start_from_prompt, [key, model_name, scene_prompt, scene_seed], view, api_name="start_from_prompt")
         start_image.click(strata.start_from_image, [key, model_name, upload, method], view, api_name="start_from_image")
         add.click(strata.add_layer, [key, model_name, editor, layer_prompt, layer_seed, use_box], view, api_name="add_layer")
-        remove.click(strata.remove_layer, [key, model_name, selected], view, api_name="remove_layer")
-        reedit.click(strata.edit_layer, [key, model_name, selected, editor, layer_prompt, use_box], view, api_name="edit_layer")
+        remove.click(strata.remove_layer, [key, model_name, selected, replay], view, api_name="remove_layer")
+        reedit.click(strata.edit_layer, [key, model_name, selected, editor, layer_prompt, use_box, replay], view,
+                     api_name="edit_layer")
         undo.click(strata.undo, [key, model_name], view, api_name="undo")
         redo.click(strata.redo, [key, model_name], view, api_name="redo")
         layers.select(_selected_index, None, selected, api_name=False)

@@ -16,15 +16,17 @@ inside the edit's mask), retention (of the earlier objects that were found right
 edit and that no later mask covers — over half of the object's box —, the fraction still found),
 background PSNR (pixels outside all dilated masks so far, against the scene before any edit;
 capped at 100 dB for identical pixels) and seconds per edit. Values are means over edits with
-the standard error over scenes (±). The removal row removes layer 1 of each Strata (full) scene:
-removed object gone from its mask, and of the other objects present before the removal, the
-fraction still found after it. A second table gives Strata (full) minus each other method, paired
+the standard error over scenes (±). The removal rows remove layer 1 of each Strata (full) scene,
+once per replay mode of the later layers that see the change ("memory": their own object's latents
+on the new scene, only the last harmonize steps re-run — the default; "seed": re-run in full from
+their seeds): removed object gone from its mask, of the other objects present before the removal
+the fraction still found after it, and seconds per removal. A second table gives Strata (full) minus each other method, paired
 by scene (same scenario, same seeds): the mean difference and its standard error.
 Time ratio: seconds per Strata edit / seconds per plain text-to-image generation (same model and
 steps: the regenerate row, whose generations run interleaved with the edits, scene by scene).
 
 JSON keys: machine, scenes, seed, rows.<method>.{edit_success, edit_success_se, retention, retention_se,
-background_psnr_db, seconds_per_edit}, removal.{removed_gone, others_retained},
+background_psnr_db, seconds_per_edit}, removal.<memory|seed>.{removed_gone, others_retained, seconds},
 margins.<method>.{edit_success, retention} = [mean, standard error] of Strata (full) minus that method
 paired by scene (null where no scene is scored on both sides), plain_seconds, time_ratio.
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -41,7 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from benchmarks.common import machine, print_table, write_json
-from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, overlay_alpha
+from pipelines.layered_edit import REPLAY_MODES, EditSettings, LayeredEditPipeline, LayeredSession, overlay_alpha
 from pipelines.loading import load_pipeline
 from world.flat import box_of, caption_for, sample_edit_scenario
 from world.oracle import object_inside_mask, read_image
@@ -181,7 +184,7 @@ def main(argv=None) -> dict:
     methods = ["Strata (full)", "Strata w/o MQD", "Strata w/o BCG", "blended latent diffusion", "regenerate"]
     scores = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
-    removal_gone, removal_kept = [], []
+    removal = {mode: {"gone": [], "kept": [], "seconds": []} for mode in REPLAY_MODES}
     for s in tqdm(range(args.scenes), desc="scenes"):
         index = SCENES_PER_SEED * args.seed + s  # seeds S and S + 1 share no scene (seed 0: scenes 0, 1, …)
         scenario = sample_edit_scenario(index, resolution=settings.height)
@@ -193,9 +196,14 @@ def main(argv=None) -> dict:
             if method == "Strata (full)":
                 full_background = background
                 before = read_image(images[-1])
-                after = read_image(session.remove_layer(1))
-                removal_gone.append(not found(after, scenario.layers[0]))
-                removal_kept += [found(after, l) for l in scenario.layers[1:] if found(before, l)]
+                for mode, r in removal.items():
+                    session.settings = replace(session.settings, replay=mode)
+                    start = time.perf_counter()
+                    after = read_image(session.remove_layer(1))
+                    r["seconds"].append(time.perf_counter() - start)
+                    session.undo()
+                    r["gone"].append(not found(after, scenario.layers[0]))
+                    r["kept"] += [found(after, l) for l in scenario.layers[1:] if found(before, l)]
         images, secs = run_blended(inpaint, full_background, scenario, seed, settings)
         scores["blended latent diffusion"].append(score_edits(images, scenario, full_background, settings.dilate_px))
         seconds["blended latent diffusion"] += secs
@@ -204,10 +212,14 @@ def main(argv=None) -> dict:
         seconds["regenerate"] += secs
     rows = {m: summarise(scores[m], seconds[m]) for m in methods}
     plain_seconds = rows["regenerate"]["seconds_per_edit"]  # plain generations, interleaved with the edits
-    removal = {"removed_gone": float(np.mean(removal_gone)), "others_retained": float(np.mean(removal_kept)) if removal_kept else 1.0}
+    removal = {mode: {"removed_gone": float(np.mean(r["gone"])),
+                      "others_retained": float(np.mean(r["kept"])) if r["kept"] else 1.0,
+                      "seconds": float(np.mean(r["seconds"]))} for mode, r in removal.items()}
     table = [[m, f"{r['edit_success']:.3f} ± {r['edit_success_se']:.3f}", f"{r['retention']:.3f} ± {r['retention_se']:.3f}",
               f"{r['background_psnr_db']:.1f} ± {r['background_psnr_db_se']:.1f}", r["seconds_per_edit"]] for m, r in rows.items()]
-    table.append(["removal (Strata, layer 1)", f"gone {removal['removed_gone']:.3f}", f"{removal['others_retained']:.3f}", "-", "-"])
+    for mode, r in removal.items():
+        table.append([f"removal of layer 1, replay {mode}", f"gone {r['removed_gone']:.3f}", f"{r['others_retained']:.3f}",
+                      "-", r["seconds"]])
     print_table(f"Layered editing, {args.scenes} scenes, seed {args.seed}, {args.model}, {machine()}",
                 ["method", "edit success", "retention", "background PSNR dB", "s / edit"], table)
     margins = {m: {key: paired_margin(scores["Strata (full)"], scores[m], key) for key in ("success", "kept")}

@@ -7,8 +7,9 @@ taken from the previous layer's trajectory, except during the last `harmonize` f
 then a feathered pixel overlay so that pixels outside the dilated rough mask stay exactly as they
 were. The region a layer may repaint is its rough mask minus the visible pixels of earlier objects
 that the mask only clips (`EditSettings.protect`). `LayeredSession` keeps the layers: start from a
-prompt or an image, add, remove or edit any layer (later layers that see the change are replayed
-from their seeds, the others carried over exactly), undo/redo, save/load.
+prompt or an image, add, remove or edit any layer (later layers that see the change are replayed:
+by default their own object's latents from memory on the new scene with the last harmonize steps
+re-run, or in full from their seeds; the others are carried over exactly), undo/redo, save/load.
 
 It runs on SD-1.x-style UNets (the embedded default), SDXL-style UNets (two text encoders, added
 conditioning) and PixArt-style transformers (T5 with a padding mask).
@@ -39,6 +40,7 @@ from attention_processors.install import is_cross_attention
 
 SESSION_FORMAT = "strata-layered-session"
 SESSION_VERSION = 2  # 2: layers also keep their edit and object masks
+REPLAY_MODES = ("memory", "seed")
 
 
 class SessionError(ValueError):
@@ -63,6 +65,16 @@ class EditSettings:
     protect: float = 0.5  # an earlier object a new rough mask covers by at most this fraction is kept
     #                       (its pixels leave the edit region); above it the new layer may occlude it.
     #                       0 protects nothing.
+    replay: str = "memory"  # how a later layer that sees a removal/re-edit below it is brought up to date:
+    #                         "memory": its own latents inside its object (from memory) spliced onto the new
+    #                         scene, then only the last `harmonize` steps re-run; "seed": re-run in full
+    #                         from its seed, prompt and mask (a new draw of the object)
+
+    def __post_init__(self):
+        if self.replay not in REPLAY_MODES:
+            raise ValueError(f"replay: expected one of {REPLAY_MODES}, got {self.replay!r}")
+        if not 0 <= self.harmonize <= 1:
+            raise ValueError(f"harmonize: expected a fraction in [0, 1], got {self.harmonize!r}")
 
 
 @dataclass(frozen=True)
@@ -194,17 +206,26 @@ class LayeredEditPipeline(DiffusionPipeline):
     @torch.no_grad()
     def generate_layer(self, region_prompts: list[str], labels: torch.Tensor | None, seed: int, settings: EditSettings,
                        background: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                       progress: bool = True, callback=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       progress: bool = True, callback=None, start: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoise one layer. region_prompts[j] is the prompt of region j of labels ((h, w), or None
         for one prompt everywhere); background: the previous trajectory for BCG, with mask (1, 1, h, w).
+        start: a trajectory (steps + 1, C, h, w) taken from memory for the BCG phase; only the last
+        `harmonize` steps are then run, from its latents at that point.
         Returns the trajectory (steps + 1, C, h, w) and the newest prompt's embeddings."""
         self.scheduler.set_timesteps(settings.steps, device=self.device)
         cond = self._condition(region_prompts, settings.negative_prompt, settings)
-        z = self.noise(seed, settings)
-        if background is not None:
-            z = background[0:1] * (1 - mask) + z * mask
-        trajectory = [z[0]]
         n_blended = int(round(settings.steps * (1 - settings.harmonize)))
+        if start is not None:
+            first = n_blended
+            z = start[first:first + 1]
+            trajectory = list(start[:first + 1])
+        else:
+            first = 0
+            z = self.noise(seed, settings)
+            if background is not None:
+                z = background[0:1] * (1 - mask) + z * mask
+            trajectory = [z[0]]
         controller = AttentionController(self.latent_size(settings), labels, n_regions=len(region_prompts),
                                          segment_length=cond["hidden"].shape[1] // len(region_prompts),
                                          shared_rows=1)  # row 0 is the negative prompt, repeated
@@ -213,7 +234,8 @@ class LayeredEditPipeline(DiffusionPipeline):
         def make(name, original):
             return MultiQueryDisentangledProcessor(controller) if use_mqd and is_cross_attention(name) else None
         with installed_processors(self.denoiser, make):
-            for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="layer", leave=False, disable=not progress)):
+            for i, t in enumerate(tqdm(self.scheduler.timesteps[first:], desc="layer", leave=False, disable=not progress),
+                                  start=first):
                 controller.begin_step(i, int(t))
                 pred = self._predict(torch.cat([z, z]), t, cond)
                 uncond, text = pred.chunk(2)
@@ -430,7 +452,11 @@ class LayeredSession:
 
     # -- the mechanics
 
-    def _render_object(self, below: list[Layer], prompt: str, mask: np.ndarray, seed: int, callback=None) -> Layer:
+    def _render_object(self, below: list[Layer], prompt: str, mask: np.ndarray, seed: int, callback=None,
+                       memory: Layer | None = None) -> Layer:
+        """Render one object layer on top of `below`. memory: this layer's previous version, to bring it
+        up to date (replay "memory"): inside its old object its own latents, elsewhere the new scene's,
+        for the BCG phase; the last `harmonize` steps are re-run on that."""
         s = self.settings
         h, w = self.pipe.latent_size(s)
         protected = protected_pixels(below, mask, s.protect)
@@ -444,8 +470,13 @@ class LayeredSession:
             prompts = [layer.prompt for layer in below] + [prompt]
         else:
             labels, prompts = None, [prompt]
+        start = None
+        if memory is not None:
+            own = self.pipe.latent_mask(memory.object_mask, s)[0]
+            start = below[-1].trajectory * (1 - own) + memory.trajectory * own
         trajectory, embeds = self.pipe.generate_layer(prompts, labels, seed, s, background=below[-1].trajectory,
-                                                      mask=current, progress=self.progress, callback=callback)
+                                                      mask=current, progress=self.progress, callback=callback,
+                                                      start=start)
         new = self.pipe.decode(trajectory[-1:])
         alpha = overlay_alpha(edit, s.dilate_px)
         alpha[protected] = 0  # earlier objects keep their exact pixels
@@ -458,14 +489,16 @@ class LayeredSession:
         removed one), old[1:] the later layers, in order. A later layer whose dilated rough mask sees
         no changed pixel below it is carried over: its pixels are exact (the composite there depends
         only on what lies below, which did not change) and its latents are spliced into the new scene.
-        The others are re-run with their own prompts, masks and seeds."""
+        The others are brought up to date as `settings.replay` says: from memory (their own object's
+        latents on the new scene, the last harmonize steps re-run) or re-run from their seeds."""
         layers = list(kept)
         s = self.settings
         for before, layer in zip(old, old[1:]):
             changed = (layers[-1].image != before.image).any(-1)
             region = overlay_alpha(layer.rough_mask, s.dilate_px) > 0
             if (changed & region).any():
-                layers.append(self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed))
+                memory = layer if s.replay == "memory" else None
+                layers.append(self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed, memory=memory))
                 continue
             image = np.where(region[..., None], layer.image, layers[-1].image)
             m = self.pipe.latent_mask(layer.edit_mask, s)[0]
@@ -518,7 +551,7 @@ class LayeredSession:
             settings = EditSettings(**manifest["settings"])
             tensors = load_file(memory_path)
             entries = manifest["layers"]
-        except (SafetensorError, OSError, TypeError, KeyError) as err:
+        except (SafetensorError, OSError, TypeError, KeyError, ValueError) as err:
             raise SessionError(f"{folder}: corrupt session ({type(err).__name__}: {err})") from None
         h, w = pipe.latent_size(settings)
         expected = {"trajectory": ((settings.steps + 1, manifest.get("latent_channels"), h, w), None),

@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,6 +82,34 @@ def test_remove_and_edit_any_layer_replays_the_later_ones(session):
     np.testing.assert_array_equal(session.composite, last.image)
     session.redo()
     assert len(session.layers) == 3
+
+
+@pytest.mark.parametrize("mode", ["memory", "seed"])
+def test_replay_modes_of_a_later_layer_that_sees_a_removal(sd1_components, mode):
+    s = _session(sd1_components)
+    s.settings = replace(SETTINGS, replay=mode)
+    s.start_from_prompt("an empty scene of grass", seed=0)
+    s.add_layer("a red circle", _box(4, 16, 4, 16), seed=1)
+    s.add_layer("a blue square", _box(10, 26, 10, 26), seed=2)  # overlaps the circle: sees its removal
+    old = s.layers[2]
+    assert old.object_mask.any()
+    s.remove_layer(1)
+    new, below = s.layers[1], s.layers[0]
+    if mode == "seed":  # a full re-run from its seed: as if the circle had never been there
+        fresh = _session(sd1_components)
+        fresh.start_from_prompt("an empty scene of grass", seed=0)
+        fresh.add_layer("a blue square", _box(10, 26, 10, 26), seed=2)
+        assert torch.equal(new.trajectory, fresh.layers[1].trajectory)
+        np.testing.assert_array_equal(new.image, fresh.composite)
+    else:  # BCG phase from memory: its own latents inside its old object, the new scene elsewhere
+        first = round(SETTINGS.steps * (1 - SETTINGS.harmonize))
+        assert 0 < first < SETTINGS.steps
+        own = s.pipe.latent_mask(old.object_mask, SETTINGS)[0]
+        spliced = below.trajectory * (1 - own) + old.trajectory * own
+        assert torch.equal(new.trajectory[:first + 1], spliced[:first + 1])
+        assert not torch.equal(new.trajectory[first + 1:], spliced[first + 1:])  # the last steps re-ran
+    with pytest.raises(ValueError, match="replay"):
+        replace(SETTINGS, replay="sometimes")
 
 
 def test_a_mask_that_clips_an_earlier_object_leaves_it_intact(session):
@@ -163,6 +192,12 @@ def test_corrupt_or_foreign_session_folders(session, tmp_path):
         LayeredSession.load(session.pipe, folder)
     (folder / "session.json").write_text("{oops")
     with pytest.raises(SessionError, match="corrupt"):
+        LayeredSession.load(session.pipe, folder)
+    folder = session.save(tmp_path / "u")
+    manifest = json.loads((folder / "session.json").read_text())
+    manifest["settings"]["replay"] = "sometimes"
+    (folder / "session.json").write_text(json.dumps(manifest))
+    with pytest.raises(SessionError, match="replay"):
         LayeredSession.load(session.pipe, folder)
 
 

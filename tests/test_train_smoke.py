@@ -21,3 +21,21 @@ def test_train_all_stages_resume_and_export(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(weights / "world-sd")
     assert pipe.vae.config.scaling_factor != 1.0  # measured on the trained VAE's latents
     ControlNetModel.from_pretrained(weights / "world-controlnet")
+
+
+def test_vae_decoder_only_keeps_encoder_and_latent_scale(tmp_path):
+    import torch
+
+    out = tmp_path / "runs"
+    common = ["--batch", "2", "--save-every", "2", "--sample-every", "0", "--out", str(out), "--threads", "2"]
+    train(["--stage", "vae", "--steps", "2", *common])
+    before = torch.load(out / "vae" / "last.pt", weights_only=False)
+    train(["--stage", "vae", "--steps", "4", "--decoder-only", *common])  # fresh optimizer over the decoder
+    after = torch.load(out / "vae" / "last.pt", weights_only=False)
+    assert after["step"] == 4 and after["scaling_factor"] == before["scaling_factor"]
+    old, new = before["models"]["vae"], after["models"]["vae"]
+    for k in old:
+        same = torch.equal(old[k], new[k])
+        if k.startswith(("encoder.", "quant_conv.")):
+            assert same, k
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))

@@ -8,6 +8,7 @@ Stages (each resumes from its own last checkpoint in --out/<stage>/):
   export      fp16 safetensors diffusers folders into weights/ (world-sd, world-controlnet)
 
     python -m world.train --stage vae --steps 3000
+    python -m world.train --stage vae --steps 4000 --decoder-only   # later: sharpen the decoder only
     python -m world.train --stage t2i --steps 20000 --batch 48
     python -m world.train --stage controlnet --steps 5000
     python -m world.train --stage export
@@ -102,14 +103,22 @@ def save_checkpoint(path: Path, step: int, models: dict, ema: EMAModel | None, o
     tmp.replace(path)  # a crash mid-save never leaves a broken checkpoint
 
 
-def load_checkpoint(path: Path, models: dict, ema: EMAModel | None, optimizer) -> int:
+def load_checkpoint(path: Path, models: dict, ema: EMAModel | None, optimizer) -> tuple[int, bool]:
+    """Load weights (and EMA) into `models`; returns (step, whether the optimizer state fitted).
+
+    The optimizer state does not fit when the trainable set changed (e.g. `--decoder-only` resuming
+    a full-VAE checkpoint); the optimizer then starts fresh and the caller warms it up again."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     for k, m in models.items():
         m.load_state_dict(state["models"][k])
     if ema is not None and state.get("ema"):
         ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        fitted = True
+    except ValueError:
+        fitted = False
+    return int(state["step"]), fitted
 
 
 def grid(images: np.ndarray, cols: int = 4) -> Image.Image:
@@ -167,7 +176,10 @@ def train(args) -> None:
 
     if args.stage == "vae":
         models = {"vae": comps["vae"]}
-        trainable = list(comps["vae"].parameters())
+        vae = comps["vae"]
+        # decoder-only keeps the encoder, hence the latents the UNet was trained on, unchanged
+        trainable = (list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+                     if args.decoder_only else list(vae.parameters()))
     elif args.stage == "t2i":
         models = {"unet": comps["unet"], "text_encoder": comps["text_encoder"]}
         trainable = list(comps["unet"].parameters()) + list(comps["text_encoder"].parameters())
@@ -177,13 +189,19 @@ def train(args) -> None:
         trainable = list(controlnet.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-2)
     ema = EMAModel(trainable, decay=args.ema_decay, use_ema_warmup=True) if args.stage != "vae" else None
-    step = 0
+    step = warm_from = 0
     ckpt = stage_dir / "last.pt"
     if ckpt.exists() and not args.restart:
-        step = load_checkpoint(ckpt, models, ema, optimizer)
-        accelerator.print(f"resumed {args.stage} at step {step} from {ckpt}")
+        step, fitted = load_checkpoint(ckpt, models, ema, optimizer)
+        if not fitted:
+            warm_from = step
+        accelerator.print(f"resumed {args.stage} at step {step} from {ckpt}"
+                          + ("" if fitted else " (new trainable set: fresh optimizer, warm-up again)"))
     for m in ("vae", "unet", "text_encoder"):
         comps[m].requires_grad_(m in models)
+    if args.stage == "vae" and args.decoder_only:
+        comps["vae"].encoder.requires_grad_(False)
+        comps["vae"].quant_conv.requires_grad_(False)
     device = accelerator.device
     for m in ("vae", "unet", "text_encoder"):
         comps[m].to(device)
@@ -203,11 +221,12 @@ def train(args) -> None:
     t0 = time.time()
     while step < args.steps:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup)
+            group["lr"] = lr_at(step - warm_from, args.lr, args.warmup)
         with accelerator.autocast():
             if args.stage == "vae":
                 x = vae_batch(rng, args.batch).to(device)
-                posterior = comps["vae"].encode(x).latent_dist
+                with torch.set_grad_enabled(not args.decoder_only):
+                    posterior = comps["vae"].encode(x).latent_dist
                 recon = comps["vae"].decode(posterior.sample()).sample
                 kl = posterior.kl().mean() / x[0].numel()
                 loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + args.kl_weight * kl
@@ -251,8 +270,9 @@ def train(args) -> None:
         if step % args.save_every == 0 or step == args.steps:
             extra = {}
             if args.stage == "vae":  # latents are scaled to unit variance for the diffusion stages
-                extra["scaling_factor"] = latent_scale(comps["vae"], np.random.default_rng(0))
-                comps["vae"].register_to_config(scaling_factor=extra["scaling_factor"])
+                if not args.decoder_only:  # (a frozen encoder keeps its scale)
+                    comps["vae"].register_to_config(scaling_factor=latent_scale(comps["vae"], np.random.default_rng(0)))
+                extra["scaling_factor"] = comps["vae"].config.scaling_factor
             save_checkpoint(ckpt, step, models, ema, optimizer, **extra)
         if args.sample_every and (step % args.sample_every == 0 or step == args.steps):
             write_samples(args.stage, comps, models, ema, trainable, stage_dir / "samples" / f"step_{step:06d}.png")
@@ -329,6 +349,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--snr-gamma", type=float, default=5.0)
     parser.add_argument("--kl-weight", type=float, default=1e-4)
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="vae stage: fine-tune only the decoder (the latents, and so the UNet, stay valid)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--sample-every", type=int, default=500, help="write a sample grid every N steps (0: never)")
     parser.add_argument("--seed", type=int, default=0)
