@@ -15,7 +15,9 @@ After each edit the oracle reads the composite: edit success (the asked colour a
 inside the edit's mask), retention (of the earlier objects that were found right after their own
 edit and that no later mask covers — over half of the object's box —, the fraction still found),
 background PSNR (pixels outside all dilated masks so far, against the scene before any edit;
-capped at 100 dB for identical pixels) and seconds per edit. Values are means over edits with
+capped at 100 dB for identical pixels), seam PSNR (the feathered ring just outside the edit's rough
+mask, which the edit should leave as it was, against the composite before the edit: how well the
+new layer meets the scene at its border — what BCG is for) and seconds per edit. Values are means over edits with
 the standard error over scenes (±). The removal rows remove layer 1 of each Strata (full) scene,
 once per replay mode of the later layers that see the change ("memory": their own object's latents
 on the new scene, only the last harmonize steps re-run — the default; "seed": re-run in full from
@@ -26,7 +28,7 @@ Time ratio: seconds per Strata edit / seconds per plain text-to-image generation
 steps: the regenerate row, whose generations run interleaved with the edits, scene by scene).
 
 JSON keys: machine, scenes, seed, rows.<method>.{edit_success, edit_success_se, retention, retention_se,
-background_psnr_db, seconds_per_edit}, removal.<memory|seed>.{removed_gone, others_retained, seconds},
+background_psnr_db, seam_psnr_db, seconds_per_edit}, removal.<memory|seed>.{removed_gone, others_retained, seconds},
 margins.<method>.{edit_success, retention} = [mean, standard error] of Strata (full) minus that method
 paired by scene (null where no scene is scored on both sides), plain_seconds, time_ratio.
 """
@@ -73,19 +75,24 @@ def covered_later(scenario, j: int, i: int) -> bool:
 
 def score_edits(images, scenario, background, dilate_px) -> list[dict]:
     """Per edit: success; retention of every earlier object that was present right after its own
-    edit and that no later mask covers; background PSNR outside all dilated masks so far."""
+    edit and that no later mask covers; background PSNR outside all dilated masks so far; seam PSNR."""
     readings = [read_image(im) for im in images]
     present = [found(r, layer) for r, layer in zip(readings, scenario.layers)]
-    return [score_edit(images[i], readings[i], scenario, i, present, background, dilate_px) for i in range(len(images))]
+    previous = [background] + list(images[:-1])
+    return [score_edit(images[i], readings[i], scenario, i, present, background, previous[i], dilate_px)
+            for i in range(len(images))]
 
 
-def score_edit(image, reading, scenario, i, present, background, dilate_px) -> dict:
+def score_edit(image, reading, scenario, i, present, background, previous, dilate_px) -> dict:
     success = present[i]
     kept = [found(reading, scenario.layers[j]) for j in range(i) if present[j] and not covered_later(scenario, j, i)]
     touched = np.zeros(image.shape[:2], dtype=bool)
     for l in scenario.layers[:i + 1]:
         touched |= overlay_alpha(l.rough_mask, dilate_px) > 0
-    return {"success": success, "kept": kept, "psnr": psnr(image, background, ~touched)}
+    mask = scenario.layers[i].rough_mask
+    band = (overlay_alpha(mask, dilate_px) > 0) & ~mask  # the feathered ring just outside the rough mask
+    return {"success": success, "kept": kept, "psnr": psnr(image, background, ~touched),
+            "seam": psnr(image, previous, band)}
 
 
 def run_strata(pipe, scenario, seed, settings, **flags):
@@ -134,7 +141,7 @@ def scene_values(per_scene: list[list[dict]], key: str) -> np.ndarray:
             kept = [k for e in edits for k in e["kept"]]
             values.append(np.mean(kept) if kept else np.nan)
         else:
-            values.append(np.mean([e["psnr"] for e in edits]))
+            values.append(np.mean([e[key] for e in edits]))
     return np.array(values, dtype=np.float64)
 
 
@@ -154,7 +161,8 @@ def _margin_text(mean, se) -> str:
 
 def summarise(per_scene: list[list[dict]], seconds: list[float]) -> dict:
     out = {}
-    for key, name in (("success", "edit_success"), ("kept", "retention"), ("psnr", "background_psnr_db")):
+    for key, name in (("success", "edit_success"), ("kept", "retention"), ("psnr", "background_psnr_db"),
+                      ("seam", "seam_psnr_db")):
         v = scene_values(per_scene, key)
         v = v[~np.isnan(v)]
         out[name] = float(v.mean())
@@ -216,12 +224,13 @@ def main(argv=None) -> dict:
                       "others_retained": float(np.mean(r["kept"])) if r["kept"] else 1.0,
                       "seconds": float(np.mean(r["seconds"]))} for mode, r in removal.items()}
     table = [[m, f"{r['edit_success']:.3f} ± {r['edit_success_se']:.3f}", f"{r['retention']:.3f} ± {r['retention_se']:.3f}",
-              f"{r['background_psnr_db']:.1f} ± {r['background_psnr_db_se']:.1f}", r["seconds_per_edit"]] for m, r in rows.items()]
+              f"{r['background_psnr_db']:.1f} ± {r['background_psnr_db_se']:.1f}",
+              f"{r['seam_psnr_db']:.1f} ± {r['seam_psnr_db_se']:.1f}", r["seconds_per_edit"]] for m, r in rows.items()]
     for mode, r in removal.items():
         table.append([f"removal of layer 1, replay {mode}", f"gone {r['removed_gone']:.3f}", f"{r['others_retained']:.3f}",
-                      "-", r["seconds"]])
+                      "-", "-", r["seconds"]])
     print_table(f"Layered editing, {args.scenes} scenes, seed {args.seed}, {args.model}, {machine()}",
-                ["method", "edit success", "retention", "background PSNR dB", "s / edit"], table)
+                ["method", "edit success", "retention", "background PSNR dB", "seam PSNR dB", "s / edit"], table)
     margins = {m: {key: paired_margin(scores["Strata (full)"], scores[m], key) for key in ("success", "kept")}
                for m in methods[1:]}
     print_table("Strata (full) minus each method, paired by scene (mean ± standard error of the difference)",

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
-from benchmarks.layered_edit import paired_margin, scene_values, summarise
+from types import SimpleNamespace
+
+from benchmarks.layered_edit import paired_margin, score_edit, scene_values, summarise
 
 
 def scene(successes, kept=(), psnr=100.0):
-    edits = [{"success": s, "kept": [], "psnr": psnr} for s in successes]
+    edits = [{"success": s, "kept": [], "psnr": psnr, "seam": psnr} for s in successes]
     edits[-1]["kept"] = list(kept)
     return edits
 
@@ -34,3 +36,19 @@ def test_paired_margin_is_the_mean_and_standard_error_of_per_scene_differences()
     # Identical methods: no margin, no spread; scenes scored by only one side are skipped.
     assert paired_margin(ours, ours, "success") == (0.0, 0.0)
     assert paired_margin([scene([True], kept=[True])] * 3, [scene([True])] * 3, "kept") == (None, None)
+
+
+def test_seam_psnr_reads_only_the_ring_just_outside_the_rough_mask():
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[8:20, 8:20] = True
+    scenario = SimpleNamespace(layers=[SimpleNamespace(rough_mask=mask)])
+    before = np.full((32, 32, 3), 90, dtype=np.uint8)
+    inside = before.copy()
+    inside[mask] = 200  # an object filling the mask: the ring is untouched
+    ring = inside.copy()
+    ring[6:8, 8:20] = 120  # the edit leaked two rows above the mask
+    far = inside.copy()
+    far[28:, 28:] = 0  # a change far from the mask is the background column's business, not the seam's
+    score = lambda image: score_edit(image, None, scenario, 0, [True], before, before, dilate_px=2)
+    assert score(inside)["seam"] == 100.0 and score(far)["seam"] == 100.0 and score(far)["psnr"] < 100.0
+    assert score(ring)["seam"] < 40.0
