@@ -204,6 +204,7 @@ def main(argv=None) -> dict:
             if method == "Strata (full)":
                 full_background = background
                 before = read_image(images[-1])
+                others = [l for l in scenario.layers[1:] if found(before, l)]  # present before the removal
                 for mode, r in removal.items():
                     session.settings = replace(session.settings, replay=mode)
                     start = time.perf_counter()
@@ -211,7 +212,7 @@ def main(argv=None) -> dict:
                     r["seconds"].append(time.perf_counter() - start)
                     session.undo()
                     r["gone"].append(not found(after, scenario.layers[0]))
-                    r["kept"] += [found(after, l) for l in scenario.layers[1:] if found(before, l)]
+                    r["kept"] += [found(after, l) for l in others]
         images, secs = run_blended(inpaint, full_background, scenario, seed, settings)
         scores["blended latent diffusion"].append(score_edits(images, scenario, full_background, settings.dilate_px))
         seconds["blended latent diffusion"] += secs

@@ -225,8 +225,7 @@ def train(args) -> None:
         with accelerator.autocast():
             if args.stage == "vae":
                 x = vae_batch(rng, args.batch).to(device)
-                with torch.set_grad_enabled(not args.decoder_only):
-                    posterior = comps["vae"].encode(x).latent_dist
+                posterior = comps["vae"].encode(x).latent_dist  # (a frozen encoder builds no graph)
                 recon = comps["vae"].decode(posterior.sample()).sample
                 kl = posterior.kl().mean() / x[0].numel()
                 loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + args.kl_weight * kl
