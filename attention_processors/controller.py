@@ -35,7 +35,8 @@ class AttentionController:
     labels: (H, W) long region per latent pixel, values in [0, n_regions), or None (no regions);
     segment_length: tokens per prompt in the concatenated encoder states (77 for CLIP);
     shared_rows: how many leading batch rows carry one prompt repeated in every segment (the
-    classifier-free-guidance negative half): they get plain attention on the first segment.
+    classifier-free-guidance negative half): they get plain attention on the first segment;
+    front_min_area: see token_regions (regions with higher labels are in front).
     The encoder states are fixed for a call, so processors may cache their keys and values here.
     """
 
@@ -44,6 +45,7 @@ class AttentionController:
     n_regions: int = 1
     segment_length: int = 77
     shared_rows: int = 0
+    front_min_area: float = 0.25
     step: int = 0
     timestep: int | None = None
     _token_maps: dict = field(default_factory=dict, repr=False)
@@ -51,6 +53,8 @@ class AttentionController:
     kv_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        if not 0 < self.front_min_area <= 1:
+            raise ValueError(f"front_min_area: expected a fraction in (0, 1], got {self.front_min_area!r}")
         if self.labels is not None:
             if tuple(self.labels.shape) != tuple(self.latent_size):
                 raise ValueError(f"labels: expected shape {tuple(self.latent_size)}, got {tuple(self.labels.shape)}")
@@ -71,13 +75,18 @@ class AttentionController:
         return h, w
 
     def token_regions(self, n_tokens: int, device: torch.device) -> torch.Tensor:
-        """(n_tokens,) region of each token: the region covering most of the token's area."""
+        """(n_tokens,) region of each token: the frontmost region (highest label) that covers at least
+        `front_min_area` of the token's area, else the region covering most of it. On the latent grid
+        itself this is the label map; on coarser grids a small front layer keeps its tokens instead of
+        vanishing under the background it sits on (later layers are in front)."""
         key = (n_tokens, str(device))
         if key not in self._token_maps:
             h, w = self.token_grid(n_tokens)
-            one_hot = F.one_hot(self.labels, self.n_regions).permute(2, 0, 1)[None].float()
-            area = F.adaptive_avg_pool2d(one_hot, (h, w)) if (h, w) != tuple(self.latent_size) else one_hot
-            self._token_maps[key] = area[0].argmax(0).reshape(-1).to(device)
+            one_hot = F.one_hot(self.labels, self.n_regions).permute(2, 0, 1).float()
+            area = F.adaptive_avg_pool2d(one_hot[None], (h, w))[0] if (h, w) != tuple(self.latent_size) else one_hot
+            index = torch.arange(self.n_regions).view(-1, 1, 1).expand_as(area)
+            front = torch.where(area >= self.front_min_area, index, -1).amax(0)
+            self._token_maps[key] = torch.where(front >= 0, front, area.argmax(0)).reshape(-1).to(device)
         return self._token_maps[key]
 
     def region_plan(self, n_tokens: int, batch: int, device: torch.device) -> RegionPlan:

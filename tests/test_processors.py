@@ -34,6 +34,23 @@ def test_controller_resamples_regions_to_any_token_grid():
         AttentionController((16, 24), labels, n_regions=1)
 
 
+def test_small_front_layer_keeps_its_tokens_on_coarse_grids():
+    labels = torch.zeros(16, 16, dtype=torch.long)
+    labels[:8, :8] = 1  # an earlier layer
+    labels[6:8, 6:8] = 2  # a small later layer in front of it: 4 of coarse token (1, 1)'s 16 latent pixels
+    ctrl = AttentionController((16, 16), labels, n_regions=3)
+    assert torch.equal(ctrl.token_regions(256, torch.device("cpu")).view(16, 16), labels)  # the latent grid: as is
+    coarse = ctrl.token_regions(16, torch.device("cpu")).view(4, 4)
+    assert coarse[1, 1] == 2  # a quarter (the default): in front, although region 1 has the rest
+    assert coarse[0, 0] == 1 and coarse[3, 3] == 0 and (coarse == 2).sum() == 1
+    majority = AttentionController((16, 16), labels, n_regions=3, front_min_area=0.5)
+    assert majority.token_regions(16, torch.device("cpu")).view(4, 4)[1, 1] == 1  # the majority rule
+    labels[6, 6] = 1  # 3 of 16: below a quarter
+    assert AttentionController((16, 16), labels, n_regions=3).token_regions(16, torch.device("cpu")).view(4, 4)[1, 1] == 1
+    with pytest.raises(ValueError, match="front_min_area"):
+        AttentionController((16, 16), labels, n_regions=3, front_min_area=0)
+
+
 def _attention(cross_dim=32, dim=32, heads=4):
     torch.manual_seed(0)
     return Attention(query_dim=dim, cross_attention_dim=cross_dim, heads=heads, dim_head=dim // heads)
