@@ -78,13 +78,13 @@ class AttentionController:
         """(n_tokens,) region of each token: the frontmost region (highest label) that covers at least
         `front_min_area` of the token's area, else the region covering most of it. On the latent grid
         itself this is the label map; on coarser grids a small front layer keeps its tokens instead of
-        vanishing under the background it sits on (later layers are in front)."""
+        vanishing under the region it sits on (later layers are in front)."""
         key = (n_tokens, str(device))
         if key not in self._token_maps:
             h, w = self.token_grid(n_tokens)
             one_hot = F.one_hot(self.labels, self.n_regions).permute(2, 0, 1).float()
             area = F.adaptive_avg_pool2d(one_hot[None], (h, w))[0] if (h, w) != tuple(self.latent_size) else one_hot
-            index = torch.arange(self.n_regions).view(-1, 1, 1).expand_as(area)
+            index = torch.arange(self.n_regions, device=area.device).view(-1, 1, 1).expand_as(area)
             front = torch.where(area >= self.front_min_area, index, -1).amax(0)
             self._token_maps[key] = torch.where(front >= 0, front, area.argmax(0)).reshape(-1).to(device)
         return self._token_maps[key]
