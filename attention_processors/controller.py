@@ -82,8 +82,8 @@ class AttentionController:
         key = (n_tokens, str(device))
         if key not in self._token_maps:
             h, w = self.token_grid(n_tokens)
-            one_hot = F.one_hot(self.labels, self.n_regions).permute(2, 0, 1).float()
-            area = F.adaptive_avg_pool2d(one_hot[None], (h, w))[0] if (h, w) != tuple(self.latent_size) else one_hot
+            one_hot = F.one_hot(self.labels, self.n_regions).permute(2, 0, 1)[None].float()
+            area = F.adaptive_avg_pool2d(one_hot, (h, w))[0]  # the identity on the latent grid itself
             index = torch.arange(self.n_regions, device=area.device).view(-1, 1, 1).expand_as(area)
             front = torch.where(area >= self.front_min_area, index, -1).amax(0)
             self._token_maps[key] = torch.where(front >= 0, front, area.argmax(0)).reshape(-1).to(device)
