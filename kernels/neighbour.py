@@ -12,6 +12,7 @@ A query whose slots are all -1 gets zeros.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +47,12 @@ def reference(q, k, v, index, scale=None, q_hat=None, w=0.0):
 
 
 def naive(q, k, v, index, scale=None, q_hat=None, w=0.0):
-    """What a user writes today: loop over groups, concatenate, SDPA."""
+    """What a user writes today: loop over groups, concatenate, SDPA. (index is read once as a list:
+    keep it on the CPU, as a user's neighbour lists would be, and no call waits for the GPU.)"""
     q = _blend(q, q_hat, w)
     outs = []
-    for g in range(q.shape[2]):
-        groups = [int(j) for j in index[g] if j >= 0]
+    for g, row in enumerate(index.tolist()):
+        groups = [j for j in row if j >= 0]
         if not groups:
             outs.append(torch.zeros_like(q[:, :, g]))
             continue
@@ -80,27 +82,63 @@ def torch_path(q, k, v, index, scale=None, q_hat=None, w=0.0):
     return torch.where(valid.any(1)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
+def split_head_dim(d: int) -> tuple[int, int]:
+    """Tile widths (first, second) covering head_dim d; second is 0 when one power of two fits well.
+
+    tl.arange needs powers of two, so d = 80 in one tile pads to 128 (60 % more work in both
+    products). Two tiles pad far less: 40 → 32 + 16, 80 → 64 + 16, 160 → 128 + 32 (FlashAttention
+    itself pads 80 to 96). Tiles are at least 16 wide (the smallest tl.dot operand)."""
+    whole = max(16, 1 << (d - 1).bit_length())
+    first = max(16, 1 << (d.bit_length() - 1))
+    rest = d - first
+    if rest <= 0:
+        return whole, 0
+    second = max(16, 1 << (rest - 1).bit_length())
+    return (first, second) if first + second < whole else (whole, 0)
+
+
 if triton is not None:
 
     @triton.jit
-    def online_softmax_block(q, kt, vt, col_ok, m_i, l_i, acc):
+    def online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT: tl.constexpr):
         """One key block of flash attention in base 2: q is pre-scaled by scale·log2(e); kt (D, N),
-        vt (N, D); returns the updated running max, normaliser and accumulator."""
-        s = tl.where(col_ok[None, :], tl.dot(q, kt), -1.0e30)
+        vt (N, D); with SPLIT the head dim is two tiles (q, q2), (kt, kt2), (vt, vt2), (acc, acc2).
+        Returns the updated running max, normaliser and accumulators."""
+        s = tl.dot(q, kt)
+        if SPLIT:
+            s += tl.dot(q2, kt2)
+        s = tl.where(col_ok[None, :], s, -1.0e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-        return m_new, l_i, acc
+        if SPLIT:
+            acc2 = acc2 * alpha[:, None] + tl.dot(p.to(vt2.dtype), vt2)
+        return m_new, l_i, acc, acc2
 
     @triton.jit
-    def _neighbour_fwd(Q, QH, W, K, V, O, IDX, scale_log2,
-                       s_qb, s_qh, s_qg, s_qn, s_kb, s_kh, s_kg, s_kn, s_vb, s_vh, s_vg, s_vn,
-                       s_ob, s_oh, s_og, s_on, s_wb, s_wh, s_wg, s_wn,
-                       H, G, LQ, LK, M, D,
+    def _load_q(Q, QH, W, q_rows, w_off, offs_d, row_ok, D, scale_log2, dtype,
+                HAS_BLEND: tl.constexpr, W_IS_TENSOR: tl.constexpr, W_SCALAR: tl.constexpr):
+        """A query tile, blended with q̂ when asked, scaled by scale·log2(e), in the K/V dtype."""
+        ok = row_ok[:, None] & (offs_d < D)[None, :]
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+        if HAS_BLEND:
+            q_hat = tl.load(QH + q_rows[:, None] + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+            if W_IS_TENSOR:
+                w = tl.load(W + w_off, mask=row_ok, other=0.0).to(tl.float32)
+                q = q + (q_hat - q) * w[:, None]
+            else:
+                q = q + (q_hat - q) * W_SCALAR
+        return (q * scale_log2).to(dtype)
+
+    @triton.jit
+    def _neighbour_fwd(Q, QH, W, K, V, O, IDX, scale_log2, s_wb, s_wh, s_wg, s_wn, H, G, LQ, LK, M, D,
                        HAS_BLEND: tl.constexpr, W_IS_TENSOR: tl.constexpr, W_SCALAR: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr,
+                       SPLIT: tl.constexpr):
+        # Q, QH, O are contiguous (B, H, G, LQ, D) and K, V contiguous (B, H, G, LK, D): program pid is the
+        # (b, h, g) slab b·H·G + h·G + g of each, and fewer arguments make a cheaper launch.
         pid_m = tl.program_id(0)
         pid = tl.program_id(1)
         g = pid % G
@@ -109,41 +147,71 @@ if triton is not None:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
+        offs_d2 = BLOCK_D + tl.arange(0, BLOCK_D2)  # the second head-dim tile (unused unless SPLIT)
         row_ok = offs_m < LQ
         d_ok = offs_d < D
-        q_off = b * s_qb + h * s_qh + g * s_qg + offs_m[:, None] * s_qn + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        if HAS_BLEND:
-            q_hat = tl.load(QH + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            if W_IS_TENSOR:
-                w = tl.load(W + b * s_wb + h * s_wh + g * s_wg + offs_m * s_wn, mask=row_ok, other=0.0).to(tl.float32)
-                q = q + (q_hat - q) * w[:, None]
-            else:
-                q = q + (q_hat - q) * W_SCALAR
-        q = (q * scale_log2).to(K.dtype.element_ty)  # fold the scale and log2(e) into q once
+        d2_ok = offs_d2 < D
+        q_rows = pid * LQ * D + offs_m * D
+        w_off = b * s_wb + h * s_wh + g * s_wg + offs_m * s_wn
+        dtype = K.dtype.element_ty
+        q = _load_q(Q, QH, W, q_rows, w_off, offs_d, row_ok, D, scale_log2, dtype, HAS_BLEND, W_IS_TENSOR, W_SCALAR)
+        q2 = tl.zeros([BLOCK_M, BLOCK_D2], dtype)
+        if SPLIT:
+            q2 = _load_q(Q, QH, W, q_rows, w_off, offs_d2, row_ok, D, scale_log2, dtype, HAS_BLEND, W_IS_TENSOR, W_SCALAR)
         m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a fully masked row must not give NaN
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_D2], tl.float32)
         for slot in range(M):
             j = tl.load(IDX + g * M + slot)
             if j >= 0:
-                k_base = K + b * s_kb + h * s_kh + j * s_kg
-                v_base = V + b * s_vb + h * s_vh + j * s_vg
+                k_base = K + (pid - g + j) * LK * D
+                v_base = V + (pid - g + j) * LK * D
                 for start in range(0, LK, BLOCK_N):
                     cols = start + offs_n
                     col_ok = cols < LK
-                    kt = tl.load(k_base + cols[None, :] * s_kn + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-                    vt = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                    m_i, l_i, acc = online_softmax_block(q, kt, vt, col_ok, m_i, l_i, acc)
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        o_off = b * s_ob + h * s_oh + g * s_og + offs_m[:, None] * s_on + offs_d[None, :]
-        tl.store(O + o_off, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+                    kt = tl.load(k_base + cols[None, :] * D + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+                    vt = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+                    kt2 = kt
+                    vt2 = vt
+                    if SPLIT:
+                        kt2 = tl.load(k_base + cols[None, :] * D + offs_d2[:, None], mask=col_ok[None, :] & d2_ok[:, None], other=0.0)
+                        vt2 = tl.load(v_base + cols[:, None] * D + offs_d2[None, :], mask=col_ok[:, None] & d2_ok[None, :], other=0.0)
+                    m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT)
+        norm = tl.where(l_i > 0, l_i, 1.0)[:, None]
+        o_rows = q_rows
+        tl.store(O + o_rows[:, None] + offs_d[None, :], (acc / norm).to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        if SPLIT:
+            tl.store(O + o_rows[:, None] + offs_d2[None, :], (acc2 / norm).to(O.dtype.element_ty),
+                     mask=row_ok[:, None] & d2_ok[None, :])
 
 
-def triton_path(q, k, v, index, scale=None, q_hat=None, w=0.0, block_m: int = 64, block_n: int = 64):
-    """The fused kernel: K/V groups read in place through index, no concatenated copy."""
+# Launch configuration (block_m, block_n, num_warps, num_stages) by (padded head dim, the two tiles
+# together; queries per group ≥ LONG): the fastest of 24 on an H100, bf16, 6 groups × 1024 and × 4096
+# queries, 3 neighbours (benchmarks/attention_configs.py; RESULTS.md). Other GPUs use the same table.
+LONG = 2048
+CONFIGS = {(48, False): (128, 128, 4, 3), (48, True): (128, 128, 4, 3), (64, False): (64, 64, 4, 3),
+           (64, True): (64, 64, 4, 3), (80, False): (64, 64, 4, 3), (80, True): (128, 64, 4, 3),
+           (160, False): (128, 64, 8, 3), (160, True): (128, 64, 8, 3)}
+DEFAULT_CONFIG = (64, 64, 4, 2)
+
+
+def check_triton_inputs(*tensors) -> None:
+    """The Triton kernels read raw device pointers: CUDA tensors, or any tensor under the interpreter."""
     if triton is None:
         raise RuntimeError("triton is not installed; use the 'torch' backend")
+    if os.environ.get("TRITON_INTERPRET") != "1" and not all(t.is_cuda for t in tensors):
+        raise ValueError(f"triton backend: tensors must be on a CUDA device, got {tensors[0].device}; "
+                         "use backend='torch' (or TRITON_INTERPRET=1 to run the kernels on the CPU)")
+    if any(t.numel() >= 2**31 for t in tensors):
+        raise ValueError("triton backend: tensors of 2^31 elements or more are not supported (int32 offsets); "
+                         "split the batch")
+
+
+def triton_path(q, k, v, index, scale=None, q_hat=None, w=0.0, block_m: int | None = None, block_n: int | None = None,
+                num_warps: int | None = None, num_stages: int | None = None, split: bool = True):
+    """The fused kernel: K/V groups read in place through index, no concatenated copy."""
+    check_triton_inputs(q, k, v)
     b, h, g, lq, d = q.shape
     lk = k.shape[3]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -158,13 +226,14 @@ def triton_path(q, k, v, index, scale=None, q_hat=None, w=0.0, block_m: int = 64
     else:
         w_full, w_strides = q, (0, 0, 0, 0)
     q_hat = q_hat.contiguous() if has_blend else q
-    block_d = max(16, triton.next_power_of_2(d))
-    block_m = min(block_m, max(16, triton.next_power_of_2(lq)))
-    block_n = min(block_n, max(16, triton.next_power_of_2(lk)))
+    block_d, block_d2 = split_head_dim(d) if split else (max(16, triton.next_power_of_2(d)), 0)
+    cfg_m, cfg_n, cfg_warps, cfg_stages = CONFIGS.get((block_d + block_d2, lq >= LONG), DEFAULT_CONFIG)
+    block_m = min(block_m or cfg_m, max(16, triton.next_power_of_2(lq)))
+    block_n = min(block_n or cfg_n, max(16, triton.next_power_of_2(lk)))
     grid = (triton.cdiv(lq, block_m), b * h * g)
-    _neighbour_fwd[grid](q, q_hat, w_full, k, v, out, index, scale * math.log2(math.e),
-                         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4], *w_strides,
+    _neighbour_fwd[grid](q, q_hat, w_full, k, v, out, index, scale * math.log2(math.e), *w_strides,
                          h, g, lq, lk, index.shape[1], d,
                          HAS_BLEND=has_blend, W_IS_TENSOR=w_is_tensor, W_SCALAR=float(w) if has_blend and not w_is_tensor else 0.0,
-                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_D2=max(16, block_d2), SPLIT=block_d2 > 0,
+                         num_warps=num_warps or cfg_warps, num_stages=num_stages or cfg_stages)
     return out

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.neighbour import check_triton_inputs, split_head_dim
+
 try:
     import triton
     import triton.language as tl
@@ -81,17 +83,22 @@ class RegionPlan:
     n_regions: int
 
 
-def default_chunk(n_tokens: int, n_regions: int) -> int:
+GPU_MAX_CHUNK = 64  # the Triton kernel's best on an H100 (benchmarks/attention_configs.py, RESULTS.md)
+
+
+def default_chunk(n_tokens: int, n_regions: int, device: torch.device | str = "cpu") -> int:
     """Rows per chunk: large enough for efficient products, small enough that padding each region to
-    a whole chunk stays a small fraction of the tokens (16 for a 16 × 16 latent, 128 at 64 × 64)."""
+    a whole chunk stays a small fraction of the tokens (16 for a 16 × 16 latent, 128 at 64 × 64 on the
+    CPU; at most GPU_MAX_CHUNK on a GPU, where more, smaller programs fill the card better)."""
     target = max(1, n_tokens // (4 * max(1, n_regions)))
-    return int(min(128, max(16, 1 << (target.bit_length() - 1))))
+    largest = GPU_MAX_CHUNK if torch.device(device).type == "cuda" else 128
+    return int(min(largest, max(16, 1 << (target.bit_length() - 1))))
 
 
 def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | None = None) -> RegionPlan:
     """Sort tokens by (batch, region) and pad each group to a multiple of chunk rows (all on device)."""
     n = region.shape[-1]
-    chunk = chunk or default_chunk(n, n_regions)
+    chunk = chunk or default_chunk(n, n_regions, region.device)
     region = region.expand(batch, n) if region.dim() == 1 else region
     if bool(((region < -1) | (region >= n_regions)).any()):
         raise ValueError(f"region: values must be -1 or in [0, {n_regions}), got {region.min().item()}..{region.max().item()}")
@@ -140,10 +147,10 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
 if triton is not None:
 
     @triton.jit
-    def _region_fwd(Q, K, V, O, ROWS, SEG, scale_log2,
-                    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
-                    N, R, T, D,
-                    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _region_fwd(Q, K, V, O, ROWS, SEG, scale_log2, H, N, R, T, D,
+                    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr,
+                    SPLIT: tl.constexpr):
+        # Q, O contiguous (B, H, N, D); K, V contiguous (B, H, R·T, D).
         pid_c = tl.program_id(0)
         h = tl.program_id(1)
         rows = tl.load(ROWS + pid_c * CHUNK + tl.arange(0, CHUNK))
@@ -155,43 +162,65 @@ if triton is not None:
         kb = seg // R
         kr = seg % R
         offs_d = tl.arange(0, BLOCK_D)
+        offs_d2 = BLOCK_D + tl.arange(0, BLOCK_D2)  # the second head-dim tile (unused unless SPLIT)
         offs_t = tl.arange(0, BLOCK_T)
         d_ok = offs_d < D
-        q = tl.load(Q + qb[:, None] * s_qb + h * s_qh + qn[:, None] * s_qn + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        q = (q.to(tl.float32) * scale_log2).to(K.dtype.element_ty)
-        k_base = K + kb * s_kb + h * s_kh + kr * T * s_kn
-        v_base = V + kb * s_vb + h * s_vh + kr * T * s_vn
+        d2_ok = offs_d2 < D
+        q_rows = ((qb * H + h) * N + qn) * D
+        dtype = K.dtype.element_ty
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = (q.to(tl.float32) * scale_log2).to(dtype)
+        q2 = tl.zeros([CHUNK, BLOCK_D2], dtype)
+        if SPLIT:
+            q2 = tl.load(Q + q_rows[:, None] + offs_d2[None, :], mask=row_ok[:, None] & d2_ok[None, :], other=0.0)
+            q2 = (q2.to(tl.float32) * scale_log2).to(dtype)
+        k_base = K + ((kb * H + h) * R + kr) * T * D
+        v_base = V + ((kb * H + h) * R + kr) * T * D
         m_i = tl.full([CHUNK], -1.0e30, tl.float32)
         l_i = tl.zeros([CHUNK], tl.float32)
         acc = tl.zeros([CHUNK, BLOCK_D], tl.float32)
+        acc2 = tl.zeros([CHUNK, BLOCK_D2], tl.float32)
         for start in range(0, T, BLOCK_T):
             cols = start + offs_t
             col_ok = cols < T
-            kt = tl.load(k_base + cols[None, :] * s_kn + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-            vt = tl.load(v_base + cols[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            m_i, l_i, acc = online_softmax_block(q, kt, vt, col_ok, m_i, l_i, acc)
-        out = acc / l_i[:, None]
-        tl.store(O + qb[:, None] * s_ob + h * s_oh + qn[:, None] * s_on + offs_d[None, :], out.to(O.dtype.element_ty),
+            kt = tl.load(k_base + cols[None, :] * D + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+            vt = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            kt2 = kt
+            vt2 = vt
+            if SPLIT:
+                kt2 = tl.load(k_base + cols[None, :] * D + offs_d2[:, None], mask=col_ok[None, :] & d2_ok[:, None], other=0.0)
+                vt2 = tl.load(v_base + cols[:, None] * D + offs_d2[None, :], mask=col_ok[:, None] & d2_ok[None, :], other=0.0)
+            m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT)
+        o_rows = q_rows
+        tl.store(O + o_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])
+        if SPLIT:
+            tl.store(O + o_rows[:, None] + offs_d2[None, :], (acc2 / l_i[:, None]).to(O.dtype.element_ty),
+                     mask=row_ok[:, None] & d2_ok[None, :])
 
 
-def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None, chunk: int | None = None):
+# Launch configuration (block_t, num_warps, num_stages) for head dims up to 80 and above: the fastest
+# on an H100, bf16, 5 × 77 tokens, at 4096 queries × 40 and 256 × 160 (benchmarks/attention_configs.py).
+CONFIG, WIDE_CONFIG = (32, 2, 1), (32, 4, 1)
+
+
+def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None, chunk: int | None = None,
+                block_t: int | None = None, num_warps: int | None = None, num_stages: int | None = None, split: bool = True):
     """The fused kernel: queries gathered and outputs scattered in place, segments read in place."""
-    if triton is None:
-        raise RuntimeError("triton is not installed; use the 'torch' backend")
+    check_triton_inputs(q, k, v)
     n_regions = _check(q, k, region, segment_length)
     b, h, n, d = q.shape
     plan = plan or make_plan(region, b, n_regions, chunk)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = torch.zeros_like(q)  # uncovered tokens stay zero
+    out = torch.empty_like(q) if plan.all_covered else torch.zeros_like(q)  # uncovered tokens stay zero
     scale = d ** -0.5 if scale is None else scale
-    block_d = max(16, triton.next_power_of_2(d))
-    block_t = min(128, max(16, triton.next_power_of_2(segment_length)))
+    block_d, block_d2 = split_head_dim(d) if split else (max(16, triton.next_power_of_2(d)), 0)
+    cfg_t, cfg_warps, cfg_stages = CONFIG if block_d + block_d2 <= 80 else WIDE_CONFIG
+    block_t = min(block_t or cfg_t, max(16, triton.next_power_of_2(segment_length)))
     grid = (len(plan.chunk_segment), h)
     if grid[0]:
-        _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, scale * 1.4426950408889634,
-                          q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                          v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                          n, n_regions, segment_length, d, CHUNK=plan.chunk, BLOCK_T=block_t, BLOCK_D=block_d)
+        _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, scale * 1.4426950408889634, h,
+                          n, n_regions, segment_length, d, CHUNK=plan.chunk, BLOCK_T=block_t, BLOCK_D=block_d,
+                          BLOCK_D2=max(16, block_d2), SPLIT=block_d2 > 0,
+                          num_warps=num_warps or cfg_warps, num_stages=num_stages or cfg_stages)
     return out

@@ -7,6 +7,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from attention_processors import (AttentionController, MultiQueryDisentangledProcessor, installed_processors,
                                   region_labels)
 from attention_processors.install import is_cross_attention
+from kernels import last_backend, triton_available, use_backend
 
 
 def test_region_labels_put_later_layers_in_front():
@@ -159,3 +160,20 @@ def test_mqd_runs_on_every_model_family_at_another_resolution(family, request):
         out = model(latents, **kwargs).sample
     assert out.shape[-2:] == size and torch.isfinite(out).all()
     assert len(ctrl._plans) >= 1  # the region attention ran through the kernel dispatcher
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()), reason="needs a CUDA GPU and triton")
+def test_mqd_on_a_gpu_runs_the_triton_kernel_and_matches_the_torch_path():
+    attn = _attention().cuda()
+    h = w = 12
+    labels = torch.zeros(h, w, dtype=torch.long)
+    labels[2:7, 3:9] = 1
+    labels[6:, :5] = 2
+    x = torch.randn(2, h * w, 32, device="cuda")
+    states = torch.randn(2, 15, 32, device="cuda")
+    out = MultiQueryDisentangledProcessor(AttentionController((h, w), labels, n_regions=3, segment_length=5))(attn, x, states)
+    assert last_backend("region") == "triton"
+    with use_backend("torch"):
+        expected = MultiQueryDisentangledProcessor(AttentionController((h, w), labels, n_regions=3, segment_length=5))(
+            attn, x, states)
+    torch.testing.assert_close(out, expected, atol=5e-3, rtol=5e-3)  # float32 products run as TF32 in Triton
