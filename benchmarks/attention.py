@@ -1,24 +1,27 @@
 """Side-by-side speed and memory of every implementation of Strata's attention patterns.
 
-    python -m benchmarks.attention --json out.json [--quick] [--no-flex]
+    python -m benchmarks.attention --json out.json [--quick] [--no-flex] [--shapes]
 
 One table per pattern, a row per implementation, all measured in one run on the same inputs:
 reference (the spec), naive (loop over groups/regions, concatenate, SDPA), torch (our CPU and
 fallback path), FlexAttention (compiled, where it runs), xformers (where installed), triton (on a
 GPU). Columns: time ratio to the naive path (> 1 is faster), median milliseconds, TFLOP/s (GPU
 only), peak extra memory beyond inputs and output (MiB), and max abs error against the float64
-reference on the same inputs.
+reference on the same inputs. On a GPU, "ms" is the GPU's time per call (triton's do_bench, L2
+flushed) and "ms back-to-back" the time per call when calls follow each other, CPU launch
+overhead included; ratios and TFLOP/s use the first.
 
 Shapes (SD-1.x at 512 px unless --quick): neighbour: 6 views × 1024 queries, 8 heads × 80, each
 view attends to itself and its two ring neighbours; region: 4096 queries, 8 heads × 40, 5 prompts
 of 77 tokens, compared with one plain 77-token cross-attention; blended: 4096 queries, 8 × 40.
+--shapes (GPU) adds head dims 40/64/80/160 × 64…4096 queries per group, and region at SD-1's levels.
 
 JSON keys: machine, dtype, patterns.<pattern>.shape, patterns.<pattern>.rows[] with name, ms,
-ratio_to_naive, tflops, peak_extra_mib, max_abs_err (null where not measured), plus
-patterns.neighbour.sdpa_core_ms and sdpa_core_ratio_to_naive (SDPA alone on pre-gathered keys: the
-ceiling of any SDPA-based path), patterns.region.plain_cross_attention_ms and
-patterns.region.torch_vs_plain_ratio; on GPU
-matmul_bf16_tflops.
+ms_back_to_back (GPU), ratio_to_naive, tflops, peak_extra_mib, max_abs_err (null where not
+measured), plus patterns.neighbour.sdpa_core_ms and sdpa_core_ratio_to_naive (SDPA alone on
+pre-gathered keys: the ceiling of any SDPA-based path), patterns.region.plain_cross_attention_ms,
+torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU); on GPU
+matmul_bf16_tflops, and shapes.neighbour[] / shapes.region[] with --shapes.
 """
 
 from __future__ import annotations
@@ -40,10 +43,32 @@ CUDA = torch.cuda.is_available()
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of fn()."""
+    """Median milliseconds of fn(). On a GPU: the GPU's time per call (triton.testing.do_bench: CUDA
+    events, L2 flushed before each call, so the CPU's launch work hides behind the flush)."""
+    if CUDA and triton_available():
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=25, rep=max(50, 10 * repeats), return_mode="median")
+    return back_to_back(fn, repeats, warmup)
+
+
+def back_to_back(fn, repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of fn() called as a pipeline calls it. On a GPU: CUDA events around 20
+    back-to-back calls, so the CPU's launch overhead counts wherever it outlasts the kernels."""
     for _ in range(warmup):
         fn()
     times = []
+    if CUDA:
+        calls = 20
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+        return statistics.median(times)
     for _ in range(repeats):
         if CUDA:
             torch.cuda.synchronize()
@@ -90,6 +115,16 @@ def _flex():
     return torch.compile(flex_attention, dynamic=False), create_block_mask
 
 
+def flash(fn):
+    """fn with SDPA restricted to the FlashAttention backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def run():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return fn()
+    return run
+
+
 def _xformers():
     try:
         import xformers.ops as xops
@@ -103,13 +138,16 @@ def measure(rows: list, name: str, fn, flops: float, ref: torch.Tensor, repeats:
         out = fn()
         err = (out.double() - ref).abs().max().item()
         ms = timed(fn, repeats)
+        ms_b2b = back_to_back(fn, repeats) if CUDA else None
         mem = peak_extra_mib(fn)
     except Exception as exc:  # a backend that does not run here says why, in the table
-        rows.append({"name": name, "ms": None, "ratio_to_naive": None, "tflops": None, "peak_extra_mib": None,
-                     "max_abs_err": None, "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"})
+        rows.append({"name": name, "ms": None, "ms_back_to_back": None, "ratio_to_naive": None, "tflops": None,
+                     "peak_extra_mib": None, "max_abs_err": None,
+                     "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"})
         return
-    rows.append({"name": name, "ms": ms, "ratio_to_naive": None, "tflops": flops / (ms * 1e-3) / 1e12 if CUDA else None,
-                 "peak_extra_mib": mem, "max_abs_err": err, "note": ""})
+    rows.append({"name": name, "ms": ms, "ms_back_to_back": ms_b2b, "ratio_to_naive": None,
+                 "tflops": flops / (ms * 1e-3) / 1e12 if CUDA else None, "peak_extra_mib": mem, "max_abs_err": err,
+                 "note": ""})
 
 
 def finish(rows: list) -> list:
@@ -130,7 +168,11 @@ def bench_neighbour(args, dtype, device) -> dict:
     flops = 4 * b * h * groups * length * 3 * length * d
     rows: list = []
     measure(rows, "reference", lambda: neighbour.reference(q, k, v, index), flops, ref, max(2, args.repeats // 3))
-    measure(rows, "naive", lambda: neighbour.naive(q, k, v, index), flops, ref, args.repeats)
+    index_cpu = index.cpu()  # the naive loop reads its neighbour lists on the CPU, as user code would
+    measure(rows, "naive", lambda: neighbour.naive(q, k, v, index_cpu), flops, ref, args.repeats)
+    if CUDA:
+        measure(rows, "naive, SDPA forced to flash", flash(lambda: neighbour.naive(q, k, v, index_cpu)), flops, ref,
+                args.repeats)
     measure(rows, "torch", lambda: neighbour.torch_path(q, k, v, index), flops, ref, args.repeats)
     if args.flex and (flex := _flex()):
         flex_attention, create_block_mask = flex
@@ -146,9 +188,9 @@ def bench_neighbour(args, dtype, device) -> dict:
     if (xops := _xformers()) is not None:
         def xformers_naive():
             outs = []
-            for gg in range(groups):
-                kk = torch.cat([k[:, :, j] for j in index[gg].tolist()], 2)
-                vv = torch.cat([v[:, :, j] for j in index[gg].tolist()], 2)
+            for gg, row in enumerate(index_cpu.tolist()):
+                kk = torch.cat([k[:, :, j] for j in row], 2)
+                vv = torch.cat([v[:, :, j] for j in row], 2)
                 outs.append(xops.memory_efficient_attention(q[:, :, gg].transpose(1, 2), kk.transpose(1, 2),
                                                             vv.transpose(1, 2)).transpose(1, 2))
             return torch.stack(outs, 2)
@@ -199,11 +241,19 @@ def bench_region(args, dtype, device) -> dict:
     if CUDA and triton_available():
         measure(rows, "triton", lambda: region.triton_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
         measure(rows, "triton (cached plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
-    plain_ms = timed(lambda: F.scaled_dot_product_attention(q, k[:, :, :tokens], v[:, :, :tokens]), args.repeats)
+    k_plain, v_plain = k[:, :, :tokens].contiguous(), v[:, :, :tokens].contiguous()
+    plain_ms = timed(lambda: F.scaled_dot_product_attention(q, k_plain, v_plain), args.repeats)
     rows = finish(rows)
     torch_ms = next(r["ms"] for r in rows if r["name"] == "torch (cached plan)")
-    return {"shape": dict(batch=b, heads=h, queries=n, head_dim=d, regions=regions, tokens=tokens), "rows": rows,
-            "plain_cross_attention_ms": plain_ms, "torch_vs_plain_ratio": torch_ms / plain_ms}
+    triton = next((r for r in rows if r["name"] == "triton (cached plan)" and r["ms"]), None)
+    result = {"shape": dict(batch=b, heads=h, queries=n, head_dim=d, regions=regions, tokens=tokens), "rows": rows,
+              "plain_cross_attention_ms": plain_ms, "torch_vs_plain_ratio": torch_ms / plain_ms,
+              "triton_vs_plain_ratio": triton["ms"] / plain_ms if triton else None}
+    if triton:  # launch overhead included: what a pipeline issuing one call after another sees
+        plain_b2b = back_to_back(lambda: F.scaled_dot_product_attention(q, k_plain, v_plain), args.repeats)
+        result["plain_cross_attention_ms_back_to_back"] = plain_b2b
+        result["triton_vs_plain_ratio_back_to_back"] = triton["ms_back_to_back"] / plain_b2b
+    return result
 
 
 def bench_blended(args, dtype, device) -> dict:
@@ -222,6 +272,45 @@ def bench_blended(args, dtype, device) -> dict:
     return {"shape": dict(batch=b, heads=h, queries=n, head_dim=d), "rows": finish(rows)}
 
 
+def bench_shapes(args, dtype, device) -> dict:
+    """The issue's shape range on a GPU: neighbour (6 groups, 3 neighbours, 8 heads) for head dims 40,
+    64, 80, 160 and 64…4096 queries per group, triton and torch against naive; region (5 × 77
+    tokens) at SD-1's three levels, triton and torch against one plain cross-attention."""
+    neighbour_rows, region_rows = [], []
+    g = torch.arange(6)
+    index_cpu = torch.stack([g, (g + 1) % 6, (g - 1) % 6], 1)
+    index = index_cpu.to(device)
+    for d in (40, 64, 80, 160):
+        for length in (64, 256, 1024, 4096):
+            q, k, v = (torch.randn(1, 8, 6, length, d, device=device, dtype=dtype) for _ in range(3))
+            naive_ms = timed(lambda: neighbour.naive(q, k, v, index_cpu), args.repeats)
+            torch_ms = timed(lambda: neighbour.torch_path(q, k, v, index), args.repeats)
+            triton_ms = timed(lambda: neighbour.triton_path(q, k, v, index), args.repeats)
+            flops = 4 * 8 * 6 * length * 3 * length * d
+            neighbour_rows.append(dict(head_dim=d, length=length, naive_ms=naive_ms, torch_ratio=naive_ms / torch_ms,
+                                       triton_ratio=naive_ms / triton_ms, triton_tflops=flops / (triton_ms * 1e-3) / 1e12))
+    for d, n, b in ((40, 4096, 1), (40, 4096, 2), (80, 1024, 1), (160, 256, 1), (64, 4096, 1)):
+        q = torch.randn(b, 8, n, d, device=device, dtype=dtype)
+        k, v = (torch.randn(b, 8, 5 * 77, d, device=device, dtype=dtype) for _ in range(2))
+        region_map = torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(d)).to(device)
+        plan = make_plan(region_map, b, 5)
+        k_plain, v_plain = k[:, :, :77].contiguous(), v[:, :, :77].contiguous()
+        plain_ms = timed(lambda: F.scaled_dot_product_attention(q, k_plain, v_plain), args.repeats)
+        torch_ms = timed(lambda: region.torch_path(q, k, v, region_map, 77, plan=plan), args.repeats)
+        triton_ms = timed(lambda: region.triton_path(q, k, v, region_map, 77, plan=plan), args.repeats)
+        region_rows.append(dict(head_dim=d, queries=n, batch=b, plain_ms=plain_ms, torch_vs_plain=torch_ms / plain_ms,
+                                triton_vs_plain=triton_ms / plain_ms))
+    print_table("neighbour attention across shapes (× faster than naive; 6 groups, 3 neighbours, 8 heads)",
+                ["head_dim", "queries / group", "naive ms", "torch ×", "triton ×", "triton TFLOP/s"],
+                [[r["head_dim"], r["length"], r["naive_ms"], r["torch_ratio"], r["triton_ratio"], r["triton_tflops"]]
+                 for r in neighbour_rows])
+    print_table("region attention across shapes (time / one plain 77-token cross-attention; 5 regions)",
+                ["head_dim", "queries", "batch", "plain ms", "torch / plain", "triton / plain"],
+                [[r["head_dim"], r["queries"], r["batch"], r["plain_ms"], r["torch_vs_plain"], r["triton_vs_plain"]]
+                 for r in region_rows])
+    return {"neighbour": neighbour_rows, "region": region_rows}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None)
@@ -229,6 +318,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--no-flex", dest="flex", action="store_false", help="skip compiled FlexAttention")
     parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    parser.add_argument("--shapes", action="store_true", help="also sweep head dims and lengths (GPU with triton)")
     args = parser.parse_args(argv)
     device = "cuda" if CUDA else "cpu"
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if CUDA else torch.float32)
@@ -240,17 +330,24 @@ def main(argv=None) -> dict:
     for pattern, bench in (("neighbour", bench_neighbour), ("region", bench_region), ("blended", bench_blended)):
         data = bench(args, dtype, device)
         result["patterns"][pattern] = data
-        header = ["implementation", "× vs naive", "ms", "TFLOP/s", "peak extra MiB", "max abs err", "note"]
-        table = [[r["name"], r["ratio_to_naive"] or "-", r["ms"] or "-", r["tflops"] or "-",
-                  r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-",
-                  f"{r['max_abs_err']:.1e}" if r["max_abs_err"] is not None else "-", r["note"]] for r in data["rows"]]
+        header = ["implementation", "× vs naive", "ms"] + (["ms back-to-back"] if CUDA else []) + [
+            "TFLOP/s", "peak extra MiB", "max abs err", "note"]
+        table = [[r["name"], r["ratio_to_naive"] or "-", r["ms"] or "-"] + ([r["ms_back_to_back"] or "-"] if CUDA else [])
+                 + [r["tflops"] or "-", r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-",
+                    f"{r['max_abs_err']:.1e}" if r["max_abs_err"] is not None else "-", r["note"]] for r in data["rows"]]
         print_table(f"{pattern} attention {data['shape']} on {result['machine']}, {result['dtype']}", header, table)
         if pattern == "neighbour":
             print(f"SDPA alone on pre-gathered keys (the same FLOPs, no gather, no loop): {data['sdpa_core_ms']:.3g} ms, "
                   f"{data['sdpa_core_ratio_to_naive']:.2f}× naive: the most an SDPA-based path can gain here")
         if pattern == "region":
             print(f"plain 77-token cross-attention: {data['plain_cross_attention_ms']:.3g} ms; "
-                  f"region (torch, cached plan) / plain = {data['torch_vs_plain_ratio']:.2f}")
+                  f"region (torch, cached plan) / plain = {data['torch_vs_plain_ratio']:.2f}"
+                  + (f"; region (triton, cached plan) / plain = {data['triton_vs_plain_ratio']:.2f} "
+                     f"(back-to-back, launch overhead included: {data['triton_vs_plain_ratio_back_to_back']:.2f})"
+                     if data["triton_vs_plain_ratio"] else ""))
+        write_json(args.json, result)  # after each pattern, so a run cut short keeps what it measured
+    if args.shapes and CUDA and triton_available():
+        result["shapes"] = bench_shapes(args, dtype, device)
     if CUDA:
         print(f"\nbf16 matmul on this card: {result['matmul_bf16_tflops']:.0f} TFLOP/s")
     write_json(args.json, result)

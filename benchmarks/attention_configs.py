@@ -1,0 +1,115 @@
+"""Sweep the Triton kernels' launch configurations on a GPU and print the fastest per head dim.
+
+    python -m benchmarks.attention_configs --json out.json [--dims 40 64 80 160]
+
+The tables in kernels/neighbour.py (CONFIGS) and kernels/region.py (CONFIG) come from this script.
+Neighbour: 6 groups × 1024 queries (--length), 8 heads, 3 neighbours, bf16, every (block_m, block_n,
+num_warps, num_stages) below with the head dim split into two tiles, then the fastest of them
+again with one padded tile.
+Region: 4096 queries, 8 heads, 5 prompts of 77 tokens, every (chunk, block_t, num_warps,
+num_stages) below. Times are medians of triton.testing.do_bench (milliseconds, L2 flushed between calls);
+a configuration that does not fit the card's shared memory is listed as failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from benchmarks.common import machine, print_table, write_json
+from kernels import make_plan, neighbour, region
+
+
+def bench(fn) -> float:
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+def try_config(fn):
+    try:
+        return bench(fn), ""
+    except Exception as exc:  # out of shared memory or registers: a fact about the card, listed
+        return None, f"{type(exc).__name__}"
+
+
+def sweep_neighbour(d: int, dtype, length: int) -> list[dict]:
+    b, h, groups = 1, 8, 6
+    q, k, v = (torch.randn(b, h, groups, length, d, device="cuda", dtype=dtype) for _ in range(3))
+    g = torch.arange(groups)
+    index = torch.stack([g, (g + 1) % groups, (g - 1) % groups], 1).cuda()
+    ref = neighbour.torch_path(q.float(), k.float(), v.float(), index)
+    flops = 4 * b * h * groups * length * 3 * length * d
+    rows = []
+
+    def run(bm, bn, warps, stages, split):
+        fn = lambda: neighbour.triton_path(q, k, v, index, block_m=bm, block_n=bn, num_warps=warps,  # noqa: E731
+                                           num_stages=stages, split=split)
+        ms, note = try_config(fn)
+        err = (fn().float() - ref).abs().max().item() if ms else None
+        rows.append(dict(head_dim=d, length=length, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages, split=split, ms=ms,
+                         tflops=flops / (ms * 1e-3) / 1e12 if ms else None, max_abs_err=err, note=note))
+    for config in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
+        run(*config, split=True)
+    best = min((r for r in rows if r["ms"]), key=lambda r: r["ms"])  # the same launch, one padded tile
+    run(best["block_m"], best["block_n"], best["num_warps"], best["num_stages"], split=False)
+    return rows
+
+
+def sweep_region(d: int, dtype) -> list[dict]:
+    b, h, n, regions, tokens = 1, 8, 4096, 5, 77
+    q = torch.randn(b, h, n, d, device="cuda", dtype=dtype)
+    k, v = (torch.randn(b, h, regions * tokens, d, device="cuda", dtype=dtype) for _ in range(2))
+    region_map = torch.randint(0, regions, (n,), device="cuda")
+    ref = region.torch_path(q.float(), k.float(), v.float(), region_map, tokens)
+    rows = []
+    for chunk, bt, warps, stages in itertools.product((16, 32, 64, 128), (32, 64, 128), (1, 2, 4), (1, 2)):
+        plan = make_plan(region_map, b, regions, chunk)
+        fn = lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan, block_t=bt, num_warps=warps,  # noqa: E731
+                                        num_stages=stages)
+        ms, note = try_config(fn)
+        err = (fn().float() - ref).abs().max().item() if ms else None
+        rows.append(dict(head_dim=d, chunk=chunk, block_t=bt, num_warps=warps, num_stages=stages, ms=ms,
+                         max_abs_err=err, note=note))
+    plain = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :tokens], v[:, :, :tokens]))
+    for r in rows:
+        r["ratio_to_plain"] = r["ms"] / plain if r["ms"] else None
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--dims", type=int, nargs="*", default=[40, 64, 80, 160], help="none: --dims with no value")
+    parser.add_argument("--length", type=int, default=1024, help="neighbour queries per group")
+    parser.add_argument("--region-dims", type=int, nargs="*", default=[40], help="none: --region-dims with no value")
+    parser.add_argument("--dtype", default="bfloat16")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("attention_configs: needs a CUDA GPU (the configurations are GPU launch settings)")
+    dtype = getattr(torch, args.dtype)
+    result = {"machine": machine(), "dtype": args.dtype, "neighbour": [], "region": []}
+    for d in args.dims:
+        rows = sweep_neighbour(d, dtype, args.length)
+        result["neighbour"] += rows
+        ok = sorted((r for r in rows if r["ms"]), key=lambda r: r["ms"])
+        print_table(f"neighbour, head_dim {d}, {args.length} queries per group: five fastest of {len(rows)} ({len(ok)} ran)",
+                    ["block_m", "block_n", "warps", "stages", "split", "ms", "TFLOP/s", "max abs err"],
+                    [[r["block_m"], r["block_n"], r["num_warps"], r["num_stages"], r["split"], r["ms"], r["tflops"],
+                      f"{r['max_abs_err']:.1e}"] for r in ok[:5]])
+        write_json(args.json, result)
+    for d in args.region_dims:
+        rows = sweep_region(d, dtype)
+        result["region"] += rows
+        ok = sorted((r for r in rows if r["ms"]), key=lambda r: r["ms"])
+        print_table(f"region, head_dim {d}: five fastest of {len(rows)} ({len(ok)} ran)",
+                    ["chunk", "block_t", "warps", "stages", "ms", "/ plain", "max abs err"],
+                    [[r["chunk"], r["block_t"], r["num_warps"], r["num_stages"], r["ms"], r["ratio_to_plain"],
+                      f"{r['max_abs_err']:.1e}"] for r in ok[:5]])
+        write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
