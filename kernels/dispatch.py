@@ -1,4 +1,5 @@
-"""Pick an implementation per call: triton on CUDA when triton imports, torch otherwise.
+"""Pick an implementation per call: triton on CUDA when triton imports, torch otherwise (and on CUDA
+for the long neighbour / blended shapes where SDPA's own kernel measured faster, `sdpa_wins`).
 
 The choice can be forced for a block of code (`with use_backend("torch"): …`), for the process
 (STRATA_ATTENTION_BACKEND=reference|torch|triton|naive), or per call (backend=…), and it is visible:
@@ -38,13 +39,22 @@ def _check_backend(name: str) -> str:
     return name
 
 
-def backend_for(device: torch.device | str) -> str:
-    """The backend a call on this device would use now."""
+def sdpa_wins(queries: int, head_dim: int) -> bool:
+    """Neighbour / blended shapes where the torch path (gathered keys, one SDPA) beat the fused kernel on
+    an H100 (benchmarks/RESULTS.md): 4096 queries per group at head dims 40, 64 and 160, where the
+    gather is cheap next to the attention and SDPA's kernel is faster than ours. At 1024 queries or
+    fewer, and at head dim 80, the fused kernel won."""
+    return queries >= 4096 and head_dim != 80
+
+
+def backend_for(device: torch.device | str, queries: int | None = None, head_dim: int | None = None) -> str:
+    """The backend a call on this device would use now (queries, head_dim: a neighbour or blended call's
+    shape, for the shape rule `sdpa_wins`)."""
     forced = _forced.get() or os.environ.get("STRATA_ATTENTION_BACKEND")
     if forced:
         return _check_backend(forced)
     if triton_available() and torch.device(device).type == "cuda":
-        return "triton"
+        return "torch" if queries is not None and sdpa_wins(queries, head_dim) else "triton"
     return "torch"
 
 
@@ -64,8 +74,8 @@ def last_backend(pattern: str | None = None):
     return record if pattern is None else record.get(pattern)
 
 
-def _run(pattern: str, backend: str | None, device, *args, **kwargs):
-    name = _check_backend(backend) if backend else backend_for(device)
+def _run(pattern: str, backend: str | None, device, *args, shape: tuple | None = None, **kwargs):
+    name = _check_backend(backend) if backend else backend_for(device, *(shape or ()))
     record = dict(_last.get({}))
     record[pattern] = name
     _last.set(record)
@@ -79,7 +89,7 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if index.dim() != 2 or index.shape[0] != q.shape[2] or bool((index >= q.shape[2]).any()):
         raise ValueError(f"index: expected ({q.shape[2]}, M) entries in [-1, {q.shape[2]}), got {tuple(index.shape)}")
-    return _run("neighbour", backend, q.device, q, k, v, index, scale, q_hat=q_hat, w=w)
+    return _run("neighbour", backend, q.device, q, k, v, index, scale, q_hat=q_hat, w=w, shape=(q.shape[3], q.shape[4]))
 
 
 def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None):
@@ -91,4 +101,4 @@ def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None
 
 def blended_attention(q, k, v, q_hat, w, scale=None, backend: str | None = None):
     """Attention with q' = (1 − w)·q + w·q̂ (see kernels.blended)."""
-    return _run("blended", backend, q.device, q, k, v, q_hat, w, scale)
+    return _run("blended", backend, q.device, q, k, v, q_hat, w, scale, shape=(q.shape[2], q.shape[3]))

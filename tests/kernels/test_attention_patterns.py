@@ -191,6 +191,16 @@ def test_triton_backend_on_cpu_tensors_says_what_to_do(monkeypatch):
         region_attention(q[:, :, 0], q[:, :, 0], q[:, :, 0], torch.zeros(4, dtype=torch.long), 4, backend="triton")
 
 
+@pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+def test_dispatcher_takes_sdpa_where_it_measured_faster_on_a_gpu():
+    assert backend_for("cuda") == "triton" and backend_for("cuda", 1024, 40) == "triton"
+    assert backend_for("cuda", 4096, 40) == "torch" and backend_for("cuda", 4096, 160) == "torch"
+    assert backend_for("cuda", 4096, 80) == "triton"  # the fused kernel won at head dim 80
+    assert backend_for("cpu", 64, 40) == "torch"
+    with use_backend("triton"):
+        assert backend_for("cuda", 4096, 40) == "triton"  # forcing wins over the shape rule
+
+
 def test_dispatcher_validates_shapes():
     q = torch.zeros(1, 1, 3, 4, 8)
     with pytest.raises(ValueError, match="index"):
