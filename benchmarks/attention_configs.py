@@ -1,6 +1,8 @@
 """Sweep the Triton kernels' launch configurations on a GPU and print the fastest per head dim.
 
     python -m benchmarks.attention_configs --json out.json [--dims 40 64 80 160]
+    python -m benchmarks.attention_configs --crossover    # fused kernel vs torch path, 1024…4096 queries
+    python -m benchmarks.attention_configs --waves        # region kernel: 64…68 chunks of 64 rows
 
 The tables in kernels/neighbour.py (CONFIGS) and kernels/region.py (CONFIG) come from this script.
 Neighbour: 6 groups × 1024 queries (--length), 8 heads, 3 neighbours, bf16, every (block_m, block_n,
@@ -78,6 +80,60 @@ def sweep_region(d: int, dtype) -> list[dict]:
     return rows
 
 
+def crossover(dtype) -> dict:
+    """Neighbour (6 groups, 3 neighbours) at 2048 and 4096 queries and blended (one group) at 1024,
+    2048 and 4096: torch path and fused kernel, each × faster than the naive path. The data behind
+    kernels.dispatch.sdpa_wins."""
+    from kernels import blended
+    g = torch.arange(6)
+    index_cpu = torch.stack([g, (g + 1) % 6, (g - 1) % 6], 1)
+    index = index_cpu.cuda()
+    rows = []
+    for d in (40, 64, 80, 160):
+        for length in (2048, 4096):
+            q, k, v = (torch.randn(1, 8, 6, length, d, device="cuda", dtype=dtype) for _ in range(3))
+            naive = bench(lambda: neighbour.naive(q, k, v, index_cpu))
+            rows.append(dict(pattern="neighbour", head_dim=d, queries=length,
+                             torch=naive / bench(lambda: neighbour.torch_path(q, k, v, index)),
+                             triton=naive / bench(lambda: neighbour.triton_path(q, k, v, index))))
+        for length in (1024, 2048, 4096):
+            q, q_hat, k, v = (torch.randn(1, 8, length, d, device="cuda", dtype=dtype) for _ in range(4))
+            naive = bench(lambda: blended.naive(q, k, v, q_hat, 0.4))
+            rows.append(dict(pattern="blended", head_dim=d, queries=length,
+                             torch=naive / bench(lambda: blended.torch_path(q, k, v, q_hat, 0.4)),
+                             triton=naive / bench(lambda: blended.triton_path(q, k, v, q_hat, 0.4))))
+    print_table("fused kernel and torch path, × faster than naive", ["pattern", "head_dim", "queries", "torch ×", "triton ×"],
+                [[r["pattern"], r["head_dim"], r["queries"], r["torch"], r["triton"]] for r in rows])
+    return {"crossover": rows}
+
+
+def waves(dtype) -> dict:
+    """The region kernel on region maps built to need 64…68 chunks of 64 rows (× 8 heads = 512…544
+    programs), time / one plain 77-token cross-attention, and the compiled kernel's registers."""
+    regions, tokens, n, d = 5, 77, 4096, 40
+    q = torch.randn(1, 8, n, d, device="cuda", dtype=dtype)
+    k, v = (torch.randn(1, 8, regions * tokens, d, device="cuda", dtype=dtype) for _ in range(2))
+    k_plain, v_plain = k[:, :, :tokens].contiguous(), v[:, :, :tokens].contiguous()
+    plain = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k_plain, v_plain))
+    rows = []
+    for extra in range(5):  # regions 1…4 hold 12 chunks each; `extra` of them one token more (a 13th chunk)
+        counts = [64 * 12 + 1] * extra + [64 * 12] * (4 - extra)
+        counts = [n - sum(counts)] + counts
+        region_map = torch.cat([torch.full((c,), r) for r, c in enumerate(counts)]).cuda()
+        plan = make_plan(region_map, 1, regions, 64)
+        ms = bench(lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan))
+        rows.append(dict(chunks=len(plan.chunk_segment), programs=8 * len(plan.chunk_segment), ratio_to_plain=ms / plain))
+    compiled = []
+    for cache in region._region_fwd.device_caches.values():  # Triton 3.x: (kernel cache, …) per device
+        for kernel in (cache[0] if isinstance(cache, tuple) else cache).values():
+            compiled.append(dict(registers=kernel.n_regs, spills=kernel.n_spills, shared=kernel.metadata.shared,
+                                 warps=kernel.metadata.num_warps))
+    print_table(f"region kernel by grid size ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)",
+                ["chunks", "programs", "region / plain"], [[r["chunks"], r["programs"], r["ratio_to_plain"]] for r in rows])
+    print("compiled region kernels:", compiled)
+    return {"waves": rows, "compiled": compiled}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None)
@@ -85,10 +141,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--length", type=int, default=1024, help="neighbour queries per group")
     parser.add_argument("--region-dims", type=int, nargs="*", default=[40], help="none: --region-dims with no value")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--crossover", action="store_true", help="only the fused-kernel vs torch-path table")
+    parser.add_argument("--waves", action="store_true", help="only the region kernel's grid-size table")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("attention_configs: needs a CUDA GPU (the configurations are GPU launch settings)")
     dtype = getattr(torch, args.dtype)
+    if args.crossover or args.waves:
+        result = {"machine": machine(), "dtype": args.dtype}
+        result.update(crossover(dtype) if args.crossover else {})
+        result.update(waves(dtype) if args.waves else {})
+        write_json(args.json, result)
+        return result
     result = {"machine": machine(), "dtype": args.dtype, "neighbour": [], "region": []}
     for d in args.dims:
         rows = sweep_neighbour(d, dtype, args.length)

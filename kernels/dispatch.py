@@ -1,5 +1,5 @@
 """Pick an implementation per call: triton on CUDA when triton imports, torch otherwise (and on CUDA
-for the long neighbour / blended shapes where SDPA's own kernel measured faster, `sdpa_wins`).
+wherever SDPA's own kernel measured faster: long neighbour calls and every blended call, `sdpa_wins`).
 
 The choice can be forced for a block of code (`with use_backend("torch"): …`), for the process
 (STRATA_ATTENTION_BACKEND=reference|torch|triton|naive), or per call (backend=…), and it is visible:
@@ -39,22 +39,27 @@ def _check_backend(name: str) -> str:
     return name
 
 
-def sdpa_wins(queries: int, head_dim: int) -> bool:
-    """Neighbour / blended shapes where the torch path (gathered keys, one SDPA) beat the fused kernel on
-    an H100 (benchmarks/RESULTS.md): 4096 queries per group at head dims 40, 64 and 160, where the
-    gather is cheap next to the attention and SDPA's kernel is faster than ours. At 1024 queries or
-    fewer, and at head dim 80, the fused kernel won."""
-    return queries >= 4096 and head_dim != 80
+def sdpa_wins(pattern: str, queries: int, head_dim: int) -> bool:
+    """Where the torch path beat the fused kernel on an H100 (benchmarks/RESULTS.md). Neighbour: 4096
+    queries per group at head dims 40, 64 and 160, where the gather is cheap next to the attention and
+    SDPA's kernel is faster than ours (at ≤ 2048 queries, and at head dim 80, the fused kernel won).
+    Blended: lerp + SDPA ran 1.06–1.30× the naive path at every measured shape, the fused kernel
+    0.50–1.44× (ahead at one or two of twelve shapes per run), so SDPA always; the fused kernel saves
+    only the blended-query tensor (force it with backend="triton")."""
+    if pattern == "blended":
+        return True
+    return pattern == "neighbour" and queries >= 4096 and head_dim != 80
 
 
-def backend_for(device: torch.device | str, queries: int | None = None, head_dim: int | None = None) -> str:
-    """The backend a call on this device would use now (queries, head_dim: a neighbour or blended call's
-    shape, for the shape rule `sdpa_wins`)."""
+def backend_for(device: torch.device | str, pattern: str | None = None, queries: int | None = None,
+                head_dim: int | None = None) -> str:
+    """The backend a call on this device would use now (pattern, queries, head_dim: the call's pattern
+    and shape, for the rule `sdpa_wins`)."""
     forced = _forced.get() or os.environ.get("STRATA_ATTENTION_BACKEND")
     if forced:
         return _check_backend(forced)
     if triton_available() and torch.device(device).type == "cuda":
-        return "torch" if queries is not None and sdpa_wins(queries, head_dim) else "triton"
+        return "torch" if pattern is not None and sdpa_wins(pattern, queries, head_dim) else "triton"
     return "torch"
 
 
@@ -75,7 +80,7 @@ def last_backend(pattern: str | None = None):
 
 
 def _run(pattern: str, backend: str | None, device, *args, shape: tuple | None = None, **kwargs):
-    name = _check_backend(backend) if backend else backend_for(device, *(shape or ()))
+    name = _check_backend(backend) if backend else backend_for(device, pattern, *(shape or (None, None)))
     record = dict(_last.get({}))
     record[pattern] = name
     _last.set(record)

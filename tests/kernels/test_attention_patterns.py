@@ -193,12 +193,13 @@ def test_triton_backend_on_cpu_tensors_says_what_to_do(monkeypatch):
 
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 def test_dispatcher_takes_sdpa_where_it_measured_faster_on_a_gpu():
-    assert backend_for("cuda") == "triton" and backend_for("cuda", 1024, 40) == "triton"
-    assert backend_for("cuda", 4096, 40) == "torch" and backend_for("cuda", 4096, 160) == "torch"
-    assert backend_for("cuda", 4096, 80) == "triton"  # the fused kernel won at head dim 80
-    assert backend_for("cpu", 64, 40) == "torch"
+    assert backend_for("cuda") == "triton" and backend_for("cuda", "neighbour", 1024, 40) == "triton"
+    assert backend_for("cuda", "neighbour", 4096, 40) == "torch" and backend_for("cuda", "neighbour", 4096, 160) == "torch"
+    assert backend_for("cuda", "neighbour", 4096, 80) == "triton"  # the fused kernel won at head dim 80
+    assert backend_for("cuda", "region", 4096, 40) == "triton" and backend_for("cuda", "blended", 64, 80) == "torch"
+    assert backend_for("cpu", "neighbour", 64, 40) == "torch"
     with use_backend("triton"):
-        assert backend_for("cuda", 4096, 40) == "triton"  # forcing wins over the shape rule
+        assert backend_for("cuda", "neighbour", 4096, 40) == "triton"  # forcing wins over the shape rule
 
 
 def test_dispatcher_validates_shapes():
