@@ -205,7 +205,8 @@ CONFIG, WIDE_CONFIG = (32, 2, 1), (32, 4, 1)
 
 
 def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None, chunk: int | None = None,
-                block_t: int | None = None, num_warps: int | None = None, num_stages: int | None = None, split: bool = True):
+                block_t: int | None = None, num_warps: int | None = None, num_stages: int | None = None, split: bool = True,
+                maxnreg: int | None = None):
     """The fused kernel: queries gathered and outputs scattered in place, segments read in place."""
     check_triton_inputs(q, k, v)
     n_regions = _check(q, k, region, segment_length)
@@ -222,5 +223,6 @@ def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPl
         _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, scale * 1.4426950408889634, h,
                           n, n_regions, segment_length, d, CHUNK=plan.chunk, BLOCK_T=block_t, BLOCK_D=block_d,
                           BLOCK_D2=max(16, block_d2), SPLIT=block_d2 > 0,
-                          num_warps=num_warps or cfg_warps, num_stages=num_stages or cfg_stages)
+                          num_warps=num_warps or cfg_warps, num_stages=num_stages or cfg_stages,
+                          **({"maxnreg": maxnreg} if maxnreg else {}))
     return out
