@@ -92,7 +92,10 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
     if q.dim() != 5 or k.shape[:3] != q.shape[:3] or k.shape != v.shape:
         raise ValueError(f"q, k, v: expected (B, H, G, L, D) with matching B, H, G; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if index.dim() != 2 or index.shape[0] != q.shape[2] or bool((index >= q.shape[2]).any()):
+    # Values are checked on a CPU index only: reading a GPU index back would stall every call. Keep a
+    # GPU pipeline's index on the GPU (a CPU index is copied over on each call, which also waits).
+    if index.dim() != 2 or index.shape[0] != q.shape[2] or (
+            index.device.type == "cpu" and bool(((index >= q.shape[2]) | (index < -1)).any())):
         raise ValueError(f"index: expected ({q.shape[2]}, M) entries in [-1, {q.shape[2]}), got {tuple(index.shape)}")
     return _run("neighbour", backend, q.device, q, k, v, index, scale, q_hat=q_hat, w=w, shape=(q.shape[3], q.shape[4]))
 
