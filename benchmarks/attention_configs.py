@@ -4,7 +4,8 @@
     python -m benchmarks.attention_configs --crossover    # fused kernel vs torch path, 1024…4096 queries
     python -m benchmarks.attention_configs --waves        # region kernel: 64…68 chunks of 64 rows
 
-The tables in kernels/neighbour.py (CONFIGS) and kernels/region.py (CONFIG) come from this script.
+The tables in kernels/neighbour.py (CONFIGS) and kernels/region.py (CONFIG, WIDE_CONFIG, GPU_MAX_CHUNK)
+come from this script, and kernels.dispatch.sdpa_wins from --crossover.
 Neighbour: 6 groups × 1024 queries (--length), 8 heads, 3 neighbours, bf16, every (block_m, block_n,
 num_warps, num_stages) below with the head dim split into two tiles, then the fastest of them
 again with one padded tile.
