@@ -108,6 +108,19 @@ def crossover(dtype) -> dict:
     return {"crossover": rows}
 
 
+def _occupancy(kernel) -> int | None:
+    """Resident programs per SM for a compiled Triton kernel, from the CUDA driver's calculator."""
+    import ctypes
+    try:
+        blocks = ctypes.c_int()
+        status = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            ctypes.byref(blocks), ctypes.c_void_p(kernel.function), ctypes.c_int(32 * kernel.metadata.num_warps),
+            ctypes.c_size_t(kernel.metadata.shared))
+        return blocks.value if status == 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
 def waves(dtype) -> dict:
     """The region kernel on region maps built to need 64…68 chunks of 64 rows (× 8 heads = 512…544
     programs) and at batch 2, without and with a register cap (maxnreg), time / one plain 77-token
@@ -138,7 +151,7 @@ def waves(dtype) -> dict:
     for cache in region._region_fwd.device_caches.values():  # Triton 3.x: (kernel cache, …) per device
         for kernel in (cache[0] if isinstance(cache, tuple) else cache).values():
             compiled.append(dict(registers=kernel.n_regs, spills=kernel.n_spills, shared=kernel.metadata.shared,
-                                 warps=kernel.metadata.num_warps))
+                                 warps=kernel.metadata.num_warps, programs_per_sm=_occupancy(kernel)))
     print_table(f"region kernel by grid size ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)",
                 ["maxnreg", "batch", "chunks", "programs", "region / plain"],
                 [[r["maxnreg"] or "-", r["batch"], r["chunks"], r["programs"], r["ratio_to_plain"]] for r in rows])
