@@ -27,6 +27,11 @@ try:
     import triton.language as tl
 
     from kernels.neighbour import online_softmax_block
+
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # Triton before 3.4
+        TensorDescriptor = None
 except ImportError:
     triton = None
 
@@ -147,10 +152,12 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
 if triton is not None:
 
     @triton.jit
-    def _region_fwd(Q, K, V, O, ROWS, SEG, scale_log2, H, N, R, T, D,
+    def _region_fwd(Q, K, V, O, ROWS, SEG, KD, VD, KD2, VD2, scale_log2, H, N, R, T, D,
                     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr,
-                    SPLIT: tl.constexpr):
-        # Q, O contiguous (B, H, N, D); K, V contiguous (B, H, R·T, D).
+                    SPLIT: tl.constexpr, USE_DESC: tl.constexpr):
+        # Q, O contiguous (B, H, N, D); K, V contiguous (B, H, R·T, D). With USE_DESC, K/V tiles come
+        # through tensor descriptors (KD, VD over (B·H·R·T, D); KD2, VD2 the second head-dim tile)
+        # instead of per-element pointer tiles.
         pid_c = tl.program_id(0)
         h = tl.program_id(1)
         rows = tl.load(ROWS + pid_c * CHUNK + tl.arange(0, CHUNK))
@@ -180,16 +187,27 @@ if triton is not None:
         l_i = tl.zeros([CHUNK], tl.float32)
         acc = tl.zeros([CHUNK, BLOCK_D], tl.float32)
         acc2 = tl.zeros([CHUNK, BLOCK_D2], tl.float32)
+        row0 = (((kb * H + h) * R + kr) * T).to(tl.int32)  # descriptor coordinates are 32-bit
         for start in range(0, T, BLOCK_T):
             cols = start + offs_t
             col_ok = cols < T
-            kt = tl.load(k_base + cols[None, :] * D + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-            vt = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            if USE_DESC:  # keys past the segment are the next segment's (or zeros): masked via col_ok
+                kt = tl.trans(KD.load([row0 + start, 0]))
+                vt = VD.load([row0 + start, 0])
+            else:
+                kt = tl.load(k_base + cols[None, :] * D + offs_d[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+                vt = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
             kt2 = kt
             vt2 = vt
             if SPLIT:
-                kt2 = tl.load(k_base + cols[None, :] * D + offs_d2[:, None], mask=col_ok[None, :] & d2_ok[:, None], other=0.0)
-                vt2 = tl.load(v_base + cols[:, None] * D + offs_d2[None, :], mask=col_ok[:, None] & d2_ok[None, :], other=0.0)
+                if USE_DESC:
+                    kt2 = tl.trans(KD2.load([row0 + start, BLOCK_D]))
+                    vt2 = VD2.load([row0 + start, BLOCK_D])
+                else:
+                    kt2 = tl.load(k_base + cols[None, :] * D + offs_d2[:, None], mask=col_ok[None, :] & d2_ok[:, None],
+                                  other=0.0)
+                    vt2 = tl.load(v_base + cols[:, None] * D + offs_d2[None, :], mask=col_ok[:, None] & d2_ok[None, :],
+                                  other=0.0)
             m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT)
         o_rows = q_rows
         tl.store(O + o_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty),
@@ -206,8 +224,9 @@ CONFIG, WIDE_CONFIG = (32, 2, 1), (32, 4, 1)
 
 def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None, chunk: int | None = None,
                 block_t: int | None = None, num_warps: int | None = None, num_stages: int | None = None, split: bool = True,
-                maxnreg: int | None = None):
-    """The fused kernel: queries gathered and outputs scattered in place, segments read in place."""
+                maxnreg: int | None = None, kv_descriptors: bool = False):
+    """The fused kernel: queries gathered and outputs scattered in place, segments read in place
+    (kv_descriptors: K/V tiles through tensor descriptors, where the head dim's rows are 16-byte aligned)."""
     check_triton_inputs(q, k, v)
     n_regions = _check(q, k, region, segment_length)
     b, h, n, d = q.shape
@@ -219,10 +238,16 @@ def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPl
     cfg_t, cfg_warps, cfg_stages = CONFIG if block_d + block_d2 <= 80 else WIDE_CONFIG
     block_t = min(block_t or cfg_t, max(16, triton.next_power_of_2(segment_length)))
     grid = (len(plan.chunk_segment), h)
+    use_desc = kv_descriptors and TensorDescriptor is not None and (d * k.element_size()) % 16 == 0
+    if use_desc:
+        k2d, v2d = k.view(-1, d), v.view(-1, d)
+        descs = [TensorDescriptor.from_tensor(t, [block_t, width]) for width in (block_d, max(16, block_d2)) for t in (k2d, v2d)]
+    else:
+        descs = [k, v, k, v]  # unused
     if grid[0]:
-        _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, scale * 1.4426950408889634, h,
+        _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, *descs, scale * 1.4426950408889634, h,
                           n, n_regions, segment_length, d, CHUNK=plan.chunk, BLOCK_T=block_t, BLOCK_D=block_d,
-                          BLOCK_D2=max(16, block_d2), SPLIT=block_d2 > 0,
+                          BLOCK_D2=max(16, block_d2), SPLIT=block_d2 > 0, USE_DESC=use_desc,
                           num_warps=num_warps or cfg_warps, num_stages=num_stages or cfg_stages,
                           **({"maxnreg": maxnreg} if maxnreg else {}))
     return out

@@ -122,9 +122,10 @@ def test_region_matches_reference(head_dim, path, dtype):
     kwargs = dict(chunk=16) if path == "triton" else {}
     out = fn(*(t.to(DEVICE, dtype) for t in (q, k, v)), region_map.to(DEVICE), tokens, **kwargs)
     _close(out, ref, dtype, _tol(path, dtype))
-    if path == "triton" and dtype == torch.float32:  # the one-padded-tile launch too
-        out = fn(*(t.to(DEVICE, dtype) for t in (q, k, v)), region_map.to(DEVICE), tokens, split=False, **kwargs)
-        _close(out, ref, dtype, _tol(path, dtype))
+    if path == "triton" and dtype == torch.float32:  # the one-padded-tile launch, and K/V through descriptors
+        for variant in (dict(split=False), dict(kv_descriptors=True)):
+            out = fn(*(t.to(DEVICE, dtype) for t in (q, k, v)), region_map.to(DEVICE), tokens, **variant, **kwargs)
+            _close(out, ref, dtype, _tol(path, dtype))
 
 
 def test_region_plan_groups_tokens_by_segment():
