@@ -67,7 +67,7 @@ def sweep_region(d: int, dtype) -> list[dict]:
     region_map = torch.randint(0, regions, (n,), device="cuda")
     ref = region.torch_path(q.float(), k.float(), v.float(), region_map, tokens)
     rows = []
-    for chunk, bt, warps, stages in itertools.product((16, 32, 64, 128), (32, 64, 128), (1, 2, 4), (1, 2)):
+    for chunk, bt, warps, stages in itertools.product((16, 32, 64, 128), (16, 32, 64, 128), (1, 2, 4), (1, 2)):
         plan = make_plan(region_map, b, regions, chunk)
         fn = lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan, block_t=bt, num_warps=warps,  # noqa: E731
                                         num_stages=stages)
