@@ -11,7 +11,7 @@ import torch
 from kernels import (backend_for, blended_attention, last_backend, make_plan, neighbour_attention,
                      region_attention, triton_available, use_backend)
 from kernels import blended, neighbour, region
-from kernels.neighbour import split_head_dim
+from kernels.neighbour import split_head_dim, window_start
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,6 +92,19 @@ def test_neighbour_with_blended_query(path):
             out = neighbour.triton_path(f(q), f(k), f(v), index, q_hat=f(q_hat), w=f(w) if torch.is_tensor(w) else w,
                                         block_m=16, block_n=16)
             _close(out, ref, torch.float32, _tol("triton", torch.float32))
+
+
+def test_window_patterns_read_overlapping_views_and_match_the_reference():
+    g = torch.arange(6)
+    ring = ring_index(6)
+    assert window_start(ring) == 5 and window_start(ring[:, [2, 0, 1]]) == 5  # any order within a row
+    assert window_start(torch.stack([g, (g + 1) % 6], 1)) == 0 and window_start(ring_index(3)) == 0
+    assert window_start(torch.stack([g, (g + 2) % 6], 1)) is None  # not contiguous
+    assert window_start(ring_index(6, with_gap=True)) is None and window_start(torch.tensor([[0, 1, 1], [1, 0, 0]])) is None
+    assert window_start(ring.cuda() if torch.cuda.is_available() else ring.to("meta")) is None  # CPU indexes only
+    q, k, v = _rand(2, 2, 6, 9, 40, seed=11), _rand(2, 2, 6, 7, 40, seed=12), _rand(2, 2, 6, 7, 40, seed=13)
+    for index in (ring[:, [2, 0, 1]], torch.stack([(g + 2) % 6, (g + 3) % 6], 1), torch.stack([g, (g + 2) % 6], 1)):
+        _close(neighbour.torch_path(q, k, v, index), neighbour.reference(q, k, v, index), torch.float64)
 
 
 def test_neighbour_query_with_no_groups_is_zero_not_nan():
