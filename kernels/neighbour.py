@@ -63,10 +63,10 @@ def naive(q, k, v, index, scale=None, q_hat=None, w=0.0):
 
 
 def window_start(index: torch.Tensor) -> int | None:
-    """a in [0, G) when every row g of a CPU index lists the groups g + a, …, g + a + M − 1 (mod G), in any
-    order and each once (ring neighbours: a = G − 1, M = 3); else None. Attention does not depend on the order of
-    its keys, so such rows can read overlapping windows of one padded copy of K/V."""
-    if index.device.type != "cpu" or index.dim() != 2:
+    """a in [0, G) when every row g of a CPU index lists the groups g + a, …, g + a + M − 1 (mod G), in
+    any order and each once (ring neighbours: a = G − 1, M = 3); else None. Attention does not depend on
+    the order of its keys, so such rows can read overlapping windows of one padded copy of K/V."""
+    if index.device.type != "cpu" or index.dim() != 2 or 0 in index.shape:
         return None
     groups, m = index.shape
     rows = index.tolist()

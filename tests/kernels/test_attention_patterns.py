@@ -101,6 +101,7 @@ def test_window_patterns_read_overlapping_views_and_match_the_reference():
     assert window_start(torch.stack([g, (g + 1) % 6], 1)) == 0 and window_start(ring_index(3)) == 0
     assert window_start(torch.stack([g, (g + 2) % 6], 1)) is None  # not contiguous
     assert window_start(ring_index(6, with_gap=True)) is None and window_start(torch.tensor([[0, 1, 1], [1, 0, 0]])) is None
+    assert window_start(torch.zeros(6, 0, dtype=torch.long)) is None
     assert window_start(ring.cuda() if torch.cuda.is_available() else ring.to("meta")) is None  # CPU indexes only
     q, k, v = _rand(2, 2, 6, 9, 40, seed=11), _rand(2, 2, 6, 7, 40, seed=12), _rand(2, 2, 6, 7, 40, seed=13)
     for index in (ring[:, [2, 0, 1]], torch.stack([(g + 2) % 6, (g + 3) % 6], 1), torch.stack([g, (g + 2) % 6], 1)):
