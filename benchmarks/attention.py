@@ -162,8 +162,7 @@ def bench_neighbour(args, dtype, device) -> dict:
     b, h, groups, length, d = 1, 8, 6, args.neighbour_length, args.neighbour_dim
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(b, h, groups, length, d, generator=gen).to(device, dtype) for _ in range(3))
-    g = torch.arange(groups)
-    index = torch.stack([g, (g + 1) % groups, (g - 1) % groups], 1).to(device)
+    index = neighbour.ring_index(groups).to(device)
     ref = neighbour.reference(q.double().cpu(), k.double().cpu(), v.double().cpu(), index.cpu()).to(device)
     flops = 4 * b * h * groups * length * 3 * length * d
     rows: list = []
@@ -177,7 +176,7 @@ def bench_neighbour(args, dtype, device) -> dict:
     if args.flex and (flex := _flex()):
         flex_attention, create_block_mask = flex
         allowed = torch.zeros(groups, groups, dtype=torch.bool, device=device)
-        allowed[g.repeat_interleave(3), index.cpu().reshape(-1)] = True
+        allowed[torch.arange(groups).repeat_interleave(3), index.cpu().reshape(-1)] = True
 
         def mask_mod(bb, hh, qi, ki):
             return allowed[qi // length, ki // length]
@@ -277,8 +276,7 @@ def bench_shapes(args, dtype, device) -> dict:
     64, 80, 160 and 64…4096 queries per group, triton and torch against naive; region (5 × 77
     tokens) at SD-1's three levels, triton and torch against one plain cross-attention."""
     neighbour_rows, region_rows = [], []
-    g = torch.arange(6)
-    index_cpu = torch.stack([g, (g + 1) % 6, (g - 1) % 6], 1)
+    index_cpu = neighbour.ring_index(6)
     index = index_cpu.to(device)
     for d in (40, 64, 80, 160):
         for length in (64, 256, 1024, 4096):

@@ -40,8 +40,7 @@ def try_config(fn):
 def sweep_neighbour(d: int, dtype, length: int) -> list[dict]:
     b, h, groups = 1, 8, 6
     q, k, v = (torch.randn(b, h, groups, length, d, device="cuda", dtype=dtype) for _ in range(3))
-    g = torch.arange(groups)
-    index = torch.stack([g, (g + 1) % groups, (g - 1) % groups], 1).cuda()
+    index = neighbour.ring_index(groups).cuda()
     ref = neighbour.torch_path(q.float(), k.float(), v.float(), index)
     flops = 4 * b * h * groups * length * 3 * length * d
     rows = []
@@ -86,8 +85,7 @@ def crossover(dtype) -> dict:
     2048 and 4096: torch path and fused kernel, each × faster than the naive path. The data behind
     kernels.dispatch.sdpa_wins."""
     from kernels import blended
-    g = torch.arange(6)
-    index_cpu = torch.stack([g, (g + 1) % 6, (g - 1) % 6], 1)
+    index_cpu = neighbour.ring_index(6)
     index = index_cpu.cuda()
     rows = []
     for d in (40, 64, 80, 160):

@@ -62,6 +62,12 @@ def naive(q, k, v, index, scale=None, q_hat=None, w=0.0):
     return torch.stack(outs, dim=2)
 
 
+def ring_index(groups: int) -> torch.Tensor:
+    """(groups, 3) index of a camera ring: each group, its right and its left neighbour (on the CPU)."""
+    g = torch.arange(groups)
+    return torch.stack([g, (g + 1) % groups, (g - 1) % groups], 1)
+
+
 def window_start(index: torch.Tensor) -> int | None:
     """a in [0, G) when every row g of a CPU index lists the groups g + a, …, g + a + M − 1 (mod G), in
     any order and each once (ring neighbours: a = G − 1, M = 3); else None. Attention does not depend on

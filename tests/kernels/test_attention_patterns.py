@@ -25,8 +25,7 @@ def _tol(path, dtype):
 
 def ring_index(groups: int, with_gap: bool = False) -> torch.Tensor:
     """Self, right and left ring neighbours; optionally a first group with only itself (-1 slots)."""
-    g = torch.arange(groups)
-    index = torch.stack([g, (g + 1) % groups, (g - 1) % groups], 1)
+    index = neighbour.ring_index(groups)
     if with_gap:
         index[0, 1:] = -1
     return index
