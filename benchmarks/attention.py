@@ -20,7 +20,10 @@ JSON keys: machine, dtype, patterns.<pattern>.shape, patterns.<pattern>.rows[] w
 ms_back_to_back (GPU), ratio_to_naive, tflops, peak_extra_mib, max_abs_err (null where not
 measured), plus patterns.neighbour.sdpa_core_ms and sdpa_core_ratio_to_naive (SDPA alone on
 pre-gathered keys: the ceiling of any SDPA-based path), patterns.region.plain_cross_attention_ms,
-torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU); on GPU
+torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU; on the CPU plain and
+torch alternate call by call), plain_cross_attention_ms_processor_layout and
+torch_vs_plain_ratio_processor_layout (q, k, v as views of (B, N, H·D) memory, output back to it, as
+the processors run it); on GPU
 matmul_bf16_tflops, and shapes.neighbour[] / shapes.region[] with --shapes.
 """
 
@@ -78,6 +81,22 @@ def back_to_back(fn, repeats: int, warmup: int = 2) -> float:
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median milliseconds of each fn, the calls alternating (on the CPU: a drift of the machine's speed
+    during the run, which is large on a shared VM, then reaches every fn alike). On a GPU: `timed`."""
+    if CUDA:
+        return {name: timed(fn, repeats) for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_extra_mib(fn) -> float:
@@ -240,13 +259,32 @@ def bench_region(args, dtype, device) -> dict:
     if CUDA and triton_available():
         measure(rows, "triton", lambda: region.triton_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
         measure(rows, "triton (cached plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
+    # The processors' layout: q, k, v are (B, H, N, D) views of to_q/to_k/to_v's (B, N, H·D) output, and
+    # the attention's output goes back to (B, N, H·D) for to_out. Same values as q, k, v.
+    qp, kp, vp = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+
+    def to_rows(out):
+        return out.transpose(1, 2).reshape(b, n, h * d)
+    measure(rows, "torch (cached plan), processor layout", lambda: to_rows(
+        region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)).view(b, n, h, d).transpose(1, 2),
+        flops, ref, args.repeats)
     k_plain, v_plain = k[:, :, :tokens].contiguous(), v[:, :, :tokens].contiguous()
-    plain_ms = timed(lambda: F.scaled_dot_product_attention(q, k_plain, v_plain), args.repeats)
+    kp_plain, vp_plain = kp[:, :, :tokens], vp[:, :, :tokens]
+    # Region against plain, calls alternating (the goal's ratio; separate medians drift on a busy CPU).
+    side_by_side = interleaved({
+        "plain": lambda: F.scaled_dot_product_attention(q, k_plain, v_plain),
+        "torch": lambda: region.torch_path(q, k, v, region_map, tokens, plan=plan),
+        "plain, processor layout": lambda: to_rows(F.scaled_dot_product_attention(qp, kp_plain, vp_plain)),
+        "torch, processor layout": lambda: to_rows(region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)),
+    }, 2 * args.repeats)
+    plain_ms = side_by_side["plain"]
     rows = finish(rows)
-    torch_ms = next(r["ms"] for r in rows if r["name"] == "torch (cached plan)")
     triton = next((r for r in rows if r["name"] == "triton (cached plan)" and r["ms"]), None)
     result = {"shape": dict(batch=b, heads=h, queries=n, head_dim=d, regions=regions, tokens=tokens), "rows": rows,
-              "plain_cross_attention_ms": plain_ms, "torch_vs_plain_ratio": torch_ms / plain_ms,
+              "plain_cross_attention_ms": plain_ms, "torch_vs_plain_ratio": side_by_side["torch"] / plain_ms,
+              "plain_cross_attention_ms_processor_layout": side_by_side["plain, processor layout"],
+              "torch_vs_plain_ratio_processor_layout":
+                  side_by_side["torch, processor layout"] / side_by_side["plain, processor layout"],
               "triton_vs_plain_ratio": triton["ms"] / plain_ms if triton else None}
     if triton:  # launch overhead included: what a pipeline issuing one call after another sees
         plain_b2b = back_to_back(lambda: F.scaled_dot_product_attention(q, k_plain, v_plain), args.repeats)
@@ -339,7 +377,9 @@ def main(argv=None) -> dict:
                   f"{data['sdpa_core_ratio_to_naive']:.2f}× naive: the most an SDPA-based path can gain here")
         if pattern == "region":
             print(f"plain 77-token cross-attention: {data['plain_cross_attention_ms']:.3g} ms; "
-                  f"region (torch, cached plan) / plain = {data['torch_vs_plain_ratio']:.2f}"
+                  f"region (torch, cached plan) / plain = {data['torch_vs_plain_ratio']:.2f}; in the processors' "
+                  f"layout (B, N, H·D): {data['torch_vs_plain_ratio_processor_layout']:.2f} "
+                  f"(plain {data['plain_cross_attention_ms_processor_layout']:.3g} ms; calls alternating)"
                   + (f"; region (triton, cached plan) / plain = {data['triton_vs_plain_ratio']:.2f} "
                      f"(back-to-back, launch overhead included: {data['triton_vs_plain_ratio_back_to_back']:.2f})"
                      if data["triton_vs_plain_ratio"] else ""))

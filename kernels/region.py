@@ -130,11 +130,23 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | Non
     return RegionPlan(rows, chunk_segment, inverse, n_covered == batch * n, chunk, batch, n, n_regions)
 
 
+def token_major(x: torch.Tensor) -> bool:
+    """True when a (B, H, N, D) tensor is a view of (B, N, H, D) memory, as attention processors make
+    it (`to_q(x).view(B, N, H, D).transpose(1, 2)`)."""
+    return x.shape[1] > 1 and x.transpose(1, 2).is_contiguous()
+
+
 def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None):
-    """Chunked dense attention: one batched SDPA over (chunk of same-region queries, its segment)."""
+    """Chunked dense attention: one batched SDPA over (chunk of same-region queries, its segment).
+
+    The output keeps q's memory layout: head-major q gathers per head; token-major q (the processors'
+    layout) gathers whole token rows of H·D values, and its output is token-major too, so the caller's
+    `transpose(1, 2).reshape(B, N, H·D)` is free."""
     n_regions = _check(q, k, region, segment_length)
     b, h, n, d = q.shape
     plan = plan or make_plan(region, b, n_regions)
+    if token_major(q):
+        return _token_rows(q, k, v, plan, segment_length, scale)
     c = plan.chunk
     n_chunks = len(plan.chunk_segment)
     # index_select, not advanced indexing: the same gathers, 3–5× faster on CPU (measured alone).
@@ -147,6 +159,24 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
     if not plan.all_covered:
         out_chunks = torch.cat([out_chunks, out_chunks.new_zeros(h, 1, d)], 1)
     return out_chunks.index_select(1, plan.inverse).reshape(h, b, n, d).transpose(0, 1)
+
+
+def _token_rows(q, k, v, plan: RegionPlan, segment_length: int, scale):
+    """torch_path for token-major q: rows of (B·N, H·D) in, SDPA on strided chunk views, rows out."""
+    b, h, n, d = q.shape
+    c, n_chunks = plan.chunk, len(plan.chunk_segment)
+    q_chunks = q.transpose(1, 2).reshape(b * n, h * d).index_select(0, plan.rows.clamp(min=0))
+    q_chunks = q_chunks.view(n_chunks, c, h, d).transpose(1, 2)
+
+    def segments(x):  # (B, H, R·T, D) → (n_chunks, H, T, D), each chunk's segment
+        x = x.unflatten(2, (plan.n_regions, segment_length)).transpose(1, 2)
+        return x.reshape(b * plan.n_regions, h, segment_length, d).index_select(0, plan.chunk_segment)
+
+    out = F.scaled_dot_product_attention(q_chunks, segments(k), segments(v), scale=scale)
+    out = out.transpose(1, 2).reshape(n_chunks * c, h * d)  # SDPA keeps q's token-major layout: a view
+    if not plan.all_covered:
+        out = torch.cat([out, out.new_zeros(1, h * d)])
+    return out.index_select(0, plan.inverse).view(b, n, h, d).transpose(1, 2)
 
 
 if triton is not None:

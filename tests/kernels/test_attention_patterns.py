@@ -141,6 +141,26 @@ def test_region_matches_reference(head_dim, path, dtype):
             _close(out, ref, dtype, _tol(path, dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch_map", [False, True])
+def test_region_torch_path_in_the_processors_token_major_layout(dtype, batch_map):
+    # q, k, v as processors make them: (B, H, N, D) views of (B, N, H, D) memory; the output keeps it.
+    b, h, n, d, regions, tokens = 2, 3, 37, 40, 4, 9
+    q, k, v = (_rand(b, length, h, d, seed=s).transpose(1, 2) for s, length in ((1, n), (2, regions * tokens),
+                                                                                 (3, regions * tokens)))
+    region_map = torch.randint(-1 if dtype == torch.float64 else 0, regions, (b, n) if batch_map else (n,),
+                               generator=torch.Generator().manual_seed(4))
+    assert region.token_major(q) and not region.token_major(q.contiguous())
+    ref = region.reference(q, k, v, region_map, tokens)
+    for chunk in (8, 16):
+        plan = make_plan(region_map, b, regions, chunk=chunk)
+        out = region.torch_path(q.to(dtype), k.to(dtype), v.to(dtype), region_map, tokens, plan=plan)
+        _close(out, ref, dtype)
+        assert region.token_major(out)
+        _close(region.torch_path(q.contiguous().to(dtype), k.to(dtype), v.to(dtype), region_map, tokens, plan=plan),
+               ref, dtype)
+
+
 def test_region_plan_groups_tokens_by_segment():
     region_map = torch.tensor([2, 0, 0, -1, 2, 1, 0])
     plan = make_plan(region_map, batch=1, n_regions=3, chunk=2)
