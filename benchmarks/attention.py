@@ -1,6 +1,6 @@
 """Side-by-side speed and memory of every implementation of Strata's attention patterns.
 
-    python -m benchmarks.attention --json out.json [--quick] [--no-flex] [--shapes]
+    python -m benchmarks.attention --json out.json [--quick] [--no-flex] [--shapes] [--breakdown]
 
 One table per pattern, a row per implementation, all measured in one run on the same inputs:
 reference (the spec), naive (loop over groups/regions, concatenate, SDPA), torch (our CPU and
@@ -24,7 +24,8 @@ torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU;
 torch alternate call by call), plain_cross_attention_ms_processor_layout and
 torch_vs_plain_ratio_processor_layout (q, k, v as views of (B, N, H·D) memory, output back to it, as
 the processors run it); on GPU
-matmul_bf16_tflops, and shapes.neighbour[] / shapes.region[] with --shapes.
+matmul_bf16_tflops, and shapes.neighbour[] / shapes.region[] with --shapes; with --breakdown,
+region_breakdown.<piece>.{ms, ratio_to_plain} (the region torch path's pieces, timed alone).
 """
 
 from __future__ import annotations
@@ -226,18 +227,68 @@ def bench_neighbour(args, dtype, device) -> dict:
             "sdpa_core_ms": core_ms, "sdpa_core_ratio_to_naive": naive_ms / core_ms}
 
 
+def box_map(n: int) -> torch.Tensor:
+    """(n,) region map of four boxes in front of a background, as MQD sees them: each token in exactly
+    one region (5 regions)."""
+    side = int(n**0.5)
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(n // side), indexing="ij")
+    region_map = torch.zeros(side, n // side, dtype=torch.long)
+    for r, (y0, x0) in enumerate([(0.1, 0.1), (0.1, 0.55), (0.55, 0.1), (0.5, 0.5)], start=1):
+        region_map[(ys >= y0 * side) & (ys < (y0 + 0.35) * side) & (xs >= x0 * side) & (xs < (x0 + 0.35) * side)] = r
+    return region_map.reshape(-1)
+
+
+def region_breakdown(args, dtype, device) -> dict:
+    """Where the region torch path's time goes, in the processors' layout, each piece timed alone with
+    the calls alternating, as a fraction of one plain 77-token cross-attention (its output copy back
+    to (B, N, H·D) included, as a processor makes it)."""
+    b, h, n, d, regions, tokens = 1, 8, args.region_length, args.region_dim, 5, 77
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    q, k, v = (torch.randn(b, length, h, d, generator=gen).to(device, dtype).transpose(1, 2)
+               for length in (n, regions * tokens, regions * tokens))
+    region_map = box_map(n).to(device)
+
+    def to_rows(out):
+        return out.transpose(1, 2).reshape(b, n, h * d)
+    fns = {"plain": lambda: to_rows(F.scaled_dot_product_attention(q, k[:, :, :tokens], v[:, :, :tokens]))}
+    for chunk in (128, 256):
+        plan = make_plan(region_map, b, regions, chunk=chunk)
+        n_chunks, rows = len(plan.chunk_segment), len(plan.rows)
+
+        def gather_q(plan=plan):
+            return q.transpose(1, 2).reshape(b * n, h * d).index_select(0, plan.rows.clamp(min=0))
+
+        def segments(x, plan=plan):
+            x = x.unflatten(2, (regions, tokens)).transpose(1, 2).reshape(b * regions, h, tokens, d)
+            return x.index_select(0, plan.chunk_segment)
+        q_chunks = gather_q().view(n_chunks, chunk, h, d).transpose(1, 2)
+        k_chunks, v_chunks = segments(k), segments(v)
+        out = F.scaled_dot_product_attention(q_chunks, k_chunks, v_chunks).transpose(1, 2).reshape(rows, h * d)
+        q_long = gather_q()[None].view(1, rows, h, d).transpose(1, 2)
+        fns.update({
+            f"chunks of {chunk}: SDPA over {n_chunks} chunks ({rows} rows)":
+                lambda a=(q_chunks, k_chunks, v_chunks): F.scaled_dot_product_attention(*a),
+            f"chunks of {chunk}: query rows gathered": gather_q,
+            f"chunks of {chunk}: K/V segment per chunk": lambda segments=segments: (segments(k), segments(v)),
+            f"chunks of {chunk}: output rows back": lambda out=out, plan=plan: out.index_select(0, plan.inverse),
+            f"chunks of {chunk}: one SDPA over the {rows} rows, one segment (no chunking)":
+                lambda q_long=q_long: F.scaled_dot_product_attention(q_long, k[:, :, :tokens], v[:, :, :tokens]),
+            f"chunks of {chunk}: whole torch path": lambda plan=plan: to_rows(
+                region.torch_path(q, k, v, region_map, tokens, plan=plan)),
+        })
+    ms = interleaved(fns, 6 * args.repeats)
+    print_table(f"region torch path, piece by piece (processor layout, calls alternating; plain = "
+                f"{ms['plain']:.3g} ms)", ["piece", "ms", "/ plain"],
+                [[name, t, f"{t / ms['plain']:.3f}"] for name, t in ms.items()])
+    return {name: {"ms": t, "ratio_to_plain": t / ms["plain"]} for name, t in ms.items()}
+
+
 def bench_region(args, dtype, device) -> dict:
     b, h, n, d, regions, tokens = 1, 8, args.region_length, args.region_dim, 5, 77
     gen = torch.Generator(device="cpu").manual_seed(1)
     q = torch.randn(b, h, n, d, generator=gen).to(device, dtype)
     k, v = (torch.randn(b, h, regions * tokens, d, generator=gen).to(device, dtype) for _ in range(2))
-    side = int(n**0.5)
-    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(n // side), indexing="ij")
-    # Four boxes in front of a background, as MQD sees them: each token in exactly one region.
-    region_map = torch.zeros(side, n // side, dtype=torch.long)
-    for r, (y0, x0) in enumerate([(0.1, 0.1), (0.1, 0.55), (0.55, 0.1), (0.5, 0.5)], start=1):
-        region_map[(ys >= y0 * side) & (ys < (y0 + 0.35) * side) & (xs >= x0 * side) & (xs < (x0 + 0.35) * side)] = r
-    region_map = region_map.reshape(-1).to(device)
+    region_map = box_map(n).to(device)
     ref = region.reference(q.double().cpu(), k.double().cpu(), v.double().cpu(), region_map.cpu(), tokens).to(device)
     flops = 4 * b * h * n * tokens * d
     plan = make_plan(region_map, b, regions)
@@ -355,6 +406,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-flex", dest="flex", action="store_false", help="skip compiled FlexAttention")
     parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     parser.add_argument("--shapes", action="store_true", help="also sweep head dims and lengths (GPU with triton)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the region torch path's pieces against plain (processor layout)")
     args = parser.parse_args(argv)
     device = "cuda" if CUDA else "cpu"
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if CUDA else torch.float32)
@@ -384,6 +437,8 @@ def main(argv=None) -> dict:
                      f"(back-to-back, launch overhead included: {data['triton_vs_plain_ratio_back_to_back']:.2f})"
                      if data["triton_vs_plain_ratio"] else ""))
         write_json(args.json, result)  # after each pattern, so a run cut short keeps what it measured
+    if args.breakdown:
+        result["region_breakdown"] = region_breakdown(args, dtype, device)
     if args.shapes and CUDA and triton_available():
         result["shapes"] = bench_shapes(args, dtype, device)
     if CUDA:
