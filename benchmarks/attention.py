@@ -5,11 +5,11 @@
 One table per pattern, a row per implementation, all measured in one run on the same inputs:
 reference (the spec), naive (loop over groups/regions, concatenate, SDPA), torch (our CPU and
 fallback path), FlexAttention (compiled, where it runs), xformers (where installed), triton (on a
-GPU). Columns: time ratio to the naive path (> 1 is faster), median milliseconds, TFLOP/s (GPU
-only), peak extra memory beyond inputs and output (MiB), and max abs error against the float64
-reference on the same inputs. On a GPU, "ms" is the GPU's time per call (triton's do_bench, L2
-flushed) and "ms back-to-back" the time per call when calls follow each other, CPU launch
-overhead included; ratios and TFLOP/s use the first.
+GPU). Columns: time ratio to the naive path (> 1 is faster), median milliseconds, TFLOP/s (beside
+the machine's own rate on one large matrix product, printed at the end), peak extra memory beyond
+inputs and output (MiB), and max abs error against the float64 reference on the same inputs. On a
+GPU, "ms" is the GPU's time per call (triton's do_bench, L2 flushed) and "ms back-to-back" the time
+per call when calls follow each other, CPU launch overhead included; ratios and TFLOP/s use the first.
 
 Shapes (SD-1.x at 512 px unless --quick): neighbour: 6 views × 1024 queries, 8 heads × 80, each
 view attends to itself and its two ring neighbours; region: 4096 queries, 8 heads × 40, 5 prompts
@@ -23,8 +23,8 @@ pre-gathered keys: the ceiling of any SDPA-based path), patterns.region.plain_cr
 torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU; on the CPU plain and
 torch alternate call by call), plain_cross_attention_ms_processor_layout and
 torch_vs_plain_ratio_processor_layout (q, k, v as views of (B, N, H·D) memory, output back to it, as
-the processors run it); on GPU
-matmul_bf16_tflops, and shapes.neighbour[] / shapes.region[] with --shapes; with --breakdown,
+the processors run it); on GPU matmul_bf16_tflops (on the CPU: matmul_tflops, in the run's dtype),
+shapes.neighbour[] / shapes.region[] with --shapes; with --breakdown,
 region_breakdown.<piece>.{ms, ratio_to_plain} (the region torch path's pieces, timed alone).
 """
 
@@ -120,10 +120,11 @@ def peak_extra_mib(fn) -> float:
     return peak / 2**20
 
 
-def matmul_tflops(dtype=torch.bfloat16, n: int = 8192) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=dtype)
-    b = torch.randn(n, n, device="cuda", dtype=dtype)
-    ms = timed(lambda: a @ b, repeats=20, warmup=5)
+def matmul_tflops(dtype=torch.bfloat16, n: int = 8192, device: str = "cuda") -> float:
+    """The machine's rate on one large square matrix product: the hardware limit, as we can reach it."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = timed(lambda: a @ b, repeats=20 if device == "cuda" else 7, warmup=5 if device == "cuda" else 2)
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
@@ -166,7 +167,7 @@ def measure(rows: list, name: str, fn, flops: float, ref: torch.Tensor, repeats:
                      "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"})
         return
     rows.append({"name": name, "ms": ms, "ms_back_to_back": ms_b2b, "ratio_to_naive": None,
-                 "tflops": flops / (ms * 1e-3) / 1e12 if CUDA else None, "peak_extra_mib": mem, "max_abs_err": err,
+                 "tflops": flops / (ms * 1e-3) / 1e12, "peak_extra_mib": mem, "max_abs_err": err,
                  "note": ""})
 
 
@@ -416,6 +417,8 @@ def main(argv=None) -> dict:
     result = {"machine": machine(), "dtype": str(dtype).replace("torch.", ""), "patterns": {}}
     if CUDA:
         result["matmul_bf16_tflops"] = matmul_tflops()
+    else:  # the CPU's own limit in the run's dtype, beside the rows' TFLOP/s
+        result["matmul_tflops"] = matmul_tflops(dtype, n=2048, device="cpu")
     for pattern, bench in (("neighbour", bench_neighbour), ("region", bench_region), ("blended", bench_blended)):
         data = bench(args, dtype, device)
         result["patterns"][pattern] = data
@@ -443,6 +446,8 @@ def main(argv=None) -> dict:
         result["shapes"] = bench_shapes(args, dtype, device)
     if CUDA:
         print(f"\nbf16 matmul on this card: {result['matmul_bf16_tflops']:.0f} TFLOP/s")
+    else:
+        print(f"\n{result['dtype']} matmul (2048²) on this CPU: {result['matmul_tflops']:.3f} TFLOP/s")
     write_json(args.json, result)
     return result
 
