@@ -252,7 +252,7 @@ def region_breakdown(args, dtype, device) -> dict:
     def to_rows(out):
         return out.transpose(1, 2).reshape(b, n, h * d)
     fns = {"plain": lambda: to_rows(F.scaled_dot_product_attention(q, k[:, :, :tokens], v[:, :, :tokens]))}
-    for chunk in (128, 256):
+    for chunk in (128, 256):  # the steps of kernels.region._token_rows, spelled out to time them one by one
         plan = make_plan(region_map, b, regions, chunk=chunk)
         n_chunks, rows = len(plan.chunk_segment), len(plan.rows)
 

@@ -148,7 +148,8 @@ def test_region_torch_path_in_the_processors_token_major_layout(dtype, batch_map
     b, h, n, d, regions, tokens = 2, 3, 37, 40, 4, 9
     q, k, v = (_rand(b, length, h, d, seed=s).transpose(1, 2) for s, length in ((1, n), (2, regions * tokens),
                                                                                  (3, regions * tokens)))
-    region_map = torch.randint(-1 if dtype == torch.float64 else 0, regions, (b, n) if batch_map else (n,),
+    # A per-sample map with uncovered tokens (-1: zero rows), or one shared map covering every token.
+    region_map = torch.randint(-1 if batch_map else 0, regions, (b, n) if batch_map else (n,),
                                generator=torch.Generator().manual_seed(4))
     assert region.token_major(q) and not region.token_major(q.contiguous())
     ref = region.reference(q, k, v, region_map, tokens)
