@@ -228,6 +228,13 @@ def bench_neighbour(args, dtype, device) -> dict:
             "sdpa_core_ms": core_ms, "sdpa_core_ratio_to_naive": naive_ms / core_ms}
 
 
+def processor_rows(out: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, D) attention output → (B, N, H·D), as a processor hands it to to_out (a copy unless
+    the output is token-major)."""
+    b, h, n, d = out.shape
+    return out.transpose(1, 2).reshape(b, n, h * d)
+
+
 def box_map(n: int) -> torch.Tensor:
     """(n,) region map of four boxes in front of a background, as MQD sees them: each token in exactly
     one region (5 regions)."""
@@ -248,10 +255,7 @@ def region_breakdown(args, dtype, device) -> dict:
     q, k, v = (torch.randn(b, length, h, d, generator=gen).to(device, dtype).transpose(1, 2)
                for length in (n, regions * tokens, regions * tokens))
     region_map = box_map(n).to(device)
-
-    def to_rows(out):
-        return out.transpose(1, 2).reshape(b, n, h * d)
-    fns = {"plain": lambda: to_rows(F.scaled_dot_product_attention(q, k[:, :, :tokens], v[:, :, :tokens]))}
+    fns = {"plain": lambda: processor_rows(F.scaled_dot_product_attention(q, k[:, :, :tokens], v[:, :, :tokens]))}
     for chunk in (128, 256):  # the steps of kernels.region._token_rows, spelled out to time them one by one
         plan = make_plan(region_map, b, regions, chunk=chunk)
         n_chunks, rows = len(plan.chunk_segment), len(plan.rows)
@@ -274,7 +278,7 @@ def region_breakdown(args, dtype, device) -> dict:
             f"chunks of {chunk}: output rows back": lambda out=out, plan=plan: out.index_select(0, plan.inverse),
             f"chunks of {chunk}: one SDPA over the {rows} rows, one segment (no chunking)":
                 lambda q_long=q_long: F.scaled_dot_product_attention(q_long, k[:, :, :tokens], v[:, :, :tokens]),
-            f"chunks of {chunk}: whole torch path": lambda plan=plan: to_rows(
+            f"chunks of {chunk}: whole torch path": lambda plan=plan: processor_rows(
                 region.torch_path(q, k, v, region_map, tokens, plan=plan)),
         })
     ms = interleaved(fns, 6 * args.repeats)
@@ -314,10 +318,7 @@ def bench_region(args, dtype, device) -> dict:
     # The processors' layout: q, k, v are (B, H, N, D) views of to_q/to_k/to_v's (B, N, H·D) output, and
     # the attention's output goes back to (B, N, H·D) for to_out. Same values as q, k, v.
     qp, kp, vp = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
-
-    def to_rows(out):
-        return out.transpose(1, 2).reshape(b, n, h * d)
-    measure(rows, "torch (cached plan), processor layout", lambda: to_rows(
+    measure(rows, "torch (cached plan), processor layout", lambda: processor_rows(
         region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)).view(b, n, h, d).transpose(1, 2),
         flops, ref, args.repeats)
     k_plain, v_plain = k[:, :, :tokens].contiguous(), v[:, :, :tokens].contiguous()
@@ -326,8 +327,8 @@ def bench_region(args, dtype, device) -> dict:
     side_by_side = interleaved({
         "plain": lambda: F.scaled_dot_product_attention(q, k_plain, v_plain),
         "torch": lambda: region.torch_path(q, k, v, region_map, tokens, plan=plan),
-        "plain, processor layout": lambda: to_rows(F.scaled_dot_product_attention(qp, kp_plain, vp_plain)),
-        "torch, processor layout": lambda: to_rows(region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)),
+        "plain, processor layout": lambda: processor_rows(F.scaled_dot_product_attention(qp, kp_plain, vp_plain)),
+        "torch, processor layout": lambda: processor_rows(region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)),
     }, 2 * args.repeats)
     plain_ms = side_by_side["plain"]
     rows = finish(rows)

@@ -239,11 +239,10 @@ if triton is not None:
                     vt2 = tl.load(v_base + cols[:, None] * D + offs_d2[None, :], mask=col_ok[:, None] & d2_ok[None, :],
                                   other=0.0)
             m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT)
-        o_rows = q_rows
-        tl.store(O + o_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty),
+        tl.store(O + q_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])
         if SPLIT:
-            tl.store(O + o_rows[:, None] + offs_d2[None, :], (acc2 / l_i[:, None]).to(O.dtype.element_ty),
+            tl.store(O + q_rows[:, None] + offs_d2[None, :], (acc2 / l_i[:, None]).to(O.dtype.element_ty),
                      mask=row_ok[:, None] & d2_ok[None, :])
 
 
