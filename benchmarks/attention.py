@@ -21,7 +21,7 @@ ms_back_to_back (GPU), ratio_to_naive, tflops, peak_extra_mib, max_abs_err (null
 measured), plus patterns.neighbour.sdpa_core_ms and sdpa_core_ratio_to_naive (SDPA alone on
 pre-gathered keys: the ceiling of any SDPA-based path), patterns.region.plain_cross_attention_ms,
 torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU; on the CPU plain and
-torch alternate call by call), plain_cross_attention_ms_processor_layout and
+torch alternate call by call), triton_packed_vs_plain_ratio (GPU; a packed plan: no padding between segments), plain_cross_attention_ms_processor_layout and
 torch_vs_plain_ratio_processor_layout (q, k, v as views of (B, N, H·D) memory, output back to it, as
 the processors run it); on GPU matmul_bf16_tflops (on the CPU: matmul_tflops, in the run's dtype),
 shapes.neighbour[] / shapes.region[] with --shapes; with --breakdown,
@@ -315,6 +315,9 @@ def bench_region(args, dtype, device) -> dict:
     if CUDA and triton_available():
         measure(rows, "triton", lambda: region.triton_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
         measure(rows, "triton (cached plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
+        packed_plan = make_plan(region_map, b, regions, packed=True)  # no padding between segments
+        measure(rows, "triton (cached packed plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=packed_plan),
+                flops, ref, args.repeats)
     # The processors' layout: q, k, v are (B, H, N, D) views of to_q/to_k/to_v's (B, N, H·D) output, and
     # the attention's output goes back to (B, N, H·D) for to_out. Same values as q, k, v.
     qp, kp, vp = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
@@ -333,12 +336,14 @@ def bench_region(args, dtype, device) -> dict:
     plain_ms = side_by_side["plain"]
     rows = finish(rows)
     triton = next((r for r in rows if r["name"] == "triton (cached plan)" and r["ms"]), None)
+    packed = next((r for r in rows if r["name"] == "triton (cached packed plan)" and r["ms"]), None)
     result = {"shape": dict(batch=b, heads=h, queries=n, head_dim=d, regions=regions, tokens=tokens), "rows": rows,
               "plain_cross_attention_ms": plain_ms, "torch_vs_plain_ratio": side_by_side["torch"] / plain_ms,
               "plain_cross_attention_ms_processor_layout": side_by_side["plain, processor layout"],
               "torch_vs_plain_ratio_processor_layout":
                   side_by_side["torch, processor layout"] / side_by_side["plain, processor layout"],
-              "triton_vs_plain_ratio": triton["ms"] / plain_ms if triton else None}
+              "triton_vs_plain_ratio": triton["ms"] / plain_ms if triton else None,
+              "triton_packed_vs_plain_ratio": packed["ms"] / plain_ms if packed else None}
     if triton:  # launch overhead included: what a pipeline issuing one call after another sees
         plain_b2b = back_to_back(lambda: F.scaled_dot_product_attention(q, k_plain, v_plain), args.repeats)
         result["plain_cross_attention_ms_back_to_back"] = plain_b2b
@@ -438,7 +443,8 @@ def main(argv=None) -> dict:
                   f"layout (B, N, H·D): {data['torch_vs_plain_ratio_processor_layout']:.2f} "
                   f"(plain {data['plain_cross_attention_ms_processor_layout']:.3g} ms; calls alternating)"
                   + (f"; region (triton, cached plan) / plain = {data['triton_vs_plain_ratio']:.2f} "
-                     f"(back-to-back, launch overhead included: {data['triton_vs_plain_ratio_back_to_back']:.2f})"
+                     f"(back-to-back, launch overhead included: {data['triton_vs_plain_ratio_back_to_back']:.2f}), "
+                     f"packed plan {data['triton_packed_vs_plain_ratio']:.2f}"
                      if data["triton_vs_plain_ratio"] else ""))
         write_json(args.json, result)  # after each pattern, so a run cut short keeps what it measured
     if args.breakdown:

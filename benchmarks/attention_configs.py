@@ -121,8 +121,9 @@ def _occupancy(kernel) -> int | None:
 
 def waves(dtype) -> dict:
     """The region kernel on region maps built to need 64…68 chunks of 64 rows (× 8 heads = 512…544
-    programs) and at batch 2, plain, with K/V tensor descriptors, and with a register cap (maxnreg): time
-    / one plain 77-token cross-attention, and the compiled kernels' registers and programs per SM."""
+    programs) and at batch 2, plain, with K/V tensor descriptors, with a register cap (maxnreg), and with
+    a packed plan (no padding between segments: 64 chunks on every map): time / one plain 77-token
+    cross-attention, and the compiled kernels' registers and programs per SM."""
     regions, tokens, n, d = 5, 77, 4096, 40
     q = torch.randn(1, 8, n, d, device="cuda", dtype=dtype)
     k, v = (torch.randn(1, 8, regions * tokens, d, device="cuda", dtype=dtype) for _ in range(2))
@@ -130,23 +131,24 @@ def waves(dtype) -> dict:
     plain = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k_plain, v_plain))
     rows = []
     # A register cap lets more programs share an SM; tensor descriptors drop the K/V pointer tiles.
-    for maxnreg, descriptors in ((None, False), (None, True), (200, False), (168, False), (128, False)):
+    for maxnreg, descriptors, packed in ((None, False, False), (None, True, False), (200, False, False),
+                                         (168, False, False), (128, False, False), (None, False, True)):
         for extra in range(5):  # regions 1…4 hold 12 chunks each; `extra` of them one token more (a 13th chunk)
             counts = [64 * 12 + 1] * extra + [64 * 12] * (4 - extra)
             counts = [n - sum(counts)] + counts
             region_map = torch.cat([torch.full((c,), r) for r, c in enumerate(counts)]).cuda()
-            plan = make_plan(region_map, 1, regions, 64)
+            plan = make_plan(region_map, 1, regions, 64, packed=packed)
             ms = bench(lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan, maxnreg=maxnreg,
                                                   kv_descriptors=descriptors))
-            rows.append(dict(maxnreg=maxnreg, descriptors=descriptors, batch=1, chunks=len(plan.chunk_segment),
+            rows.append(dict(maxnreg=maxnreg, descriptors=descriptors, packed=packed, batch=1, chunks=len(plan.chunk_segment),
                              programs=8 * len(plan.chunk_segment), ratio_to_plain=ms / plain))
         q2, k2, v2 = (torch.cat([t, t]) for t in (q, k, v))  # batch 2 (classifier-free guidance's two halves)
         plain2 = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q2, torch.cat([k_plain] * 2),
                                                                                torch.cat([v_plain] * 2)))
-        plan = make_plan(region_map, 2, regions, 64)
+        plan = make_plan(region_map, 2, regions, 64, packed=packed)
         ms = bench(lambda: region.triton_path(q2, k2, v2, region_map, tokens, plan=plan, maxnreg=maxnreg,
                                               kv_descriptors=descriptors))
-        rows.append(dict(maxnreg=maxnreg, descriptors=descriptors, batch=2, chunks=len(plan.chunk_segment), programs=8 * len(plan.chunk_segment),
+        rows.append(dict(maxnreg=maxnreg, descriptors=descriptors, packed=packed, batch=2, chunks=len(plan.chunk_segment), programs=8 * len(plan.chunk_segment),
                          ratio_to_plain=ms / plain2))
     compiled = []
     for cache in region._region_fwd.device_caches.values():  # Triton 3.x: (kernel cache, …) per device
@@ -154,8 +156,8 @@ def waves(dtype) -> dict:
             compiled.append(dict(registers=kernel.n_regs, spills=kernel.n_spills, shared=kernel.metadata.shared,
                                  warps=kernel.metadata.num_warps, programs_per_sm=_occupancy(kernel)))
     print_table(f"region kernel by grid size ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)",
-                ["maxnreg", "K/V descriptors", "batch", "chunks", "programs", "region / plain"],
-                [[r["maxnreg"] or "-", r["descriptors"], r["batch"], r["chunks"], r["programs"], r["ratio_to_plain"]]
+                ["maxnreg", "K/V descriptors", "packed", "batch", "chunks", "programs", "region / plain"],
+                [[r["maxnreg"] or "-", r["descriptors"], r["packed"], r["batch"], r["chunks"], r["programs"], r["ratio_to_plain"]]
                  for r in rows])
     print("compiled region kernels:", compiled)
     return {"waves": rows, "compiled": compiled}

@@ -147,14 +147,15 @@ def split_head_dim(d: int) -> tuple[int, int]:
 if triton is not None:
 
     @triton.jit
-    def online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT: tl.constexpr):
+    def online_softmax_block(q, kt, vt, q2, kt2, vt2, ok, m_i, l_i, acc, acc2, SPLIT: tl.constexpr):
         """One key block of flash attention in base 2: q is pre-scaled by scale·log2(e); kt (D, N),
         vt (N, D); with SPLIT the head dim is two tiles (q, q2), (kt, kt2), (vt, vt2), (acc, acc2).
-        Returns the updated running max, normaliser and accumulators."""
+        ok masks the scores (broadcast to (rows, keys)). Returns the updated running max, normaliser and
+        accumulators."""
         s = tl.dot(q, kt)
         if SPLIT:
             s += tl.dot(q2, kt2)
-        s = tl.where(col_ok[None, :], s, -1.0e30)
+        s = tl.where(ok, s, -1.0e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
@@ -224,7 +225,7 @@ if triton is not None:
                     if SPLIT:
                         kt2 = tl.load(k_base + cols[None, :] * D + offs_d2[:, None], mask=col_ok[None, :] & d2_ok[:, None], other=0.0)
                         vt2 = tl.load(v_base + cols[:, None] * D + offs_d2[None, :], mask=col_ok[:, None] & d2_ok[None, :], other=0.0)
-                    m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT)
+                    m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok[None, :], m_i, l_i, acc, acc2, SPLIT)
         norm = tl.where(l_i > 0, l_i, 1.0)[:, None]
         o_rows = q_rows
         tl.store(O + o_rows[:, None] + offs_d[None, :], (acc / norm).to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

@@ -11,6 +11,11 @@ Both fast paths use a `RegionPlan`: tokens sorted by segment and padded to chunk
 all share one segment, so each chunk is a small dense attention against one T-token segment.
 The cost is (N + R·C)·T instead of R·N·T for a masked full product. A plan depends only on the
 region map, so a caller that keeps the map across steps builds it once.
+
+A packed plan (`make_plan(..., packed=True)`, Triton only) pads nothing between segments: chunk i is
+sorted rows [i·C, (i+1)·C), which may span several segments; the kernel visits each segment the
+chunk touches and masks each row to its own. ⌈N/C⌉ chunks instead of up to ⌈N/C⌉ + R, for a few
+programs that read two segments: on a GPU, the difference between one wave of programs and two.
 """
 
 from __future__ import annotations
@@ -75,8 +80,10 @@ def naive(q, k, v, region, segment_length: int, scale=None):
 @dataclass(frozen=True)
 class RegionPlan:
     """Tokens grouped by segment. rows: (n_chunks·C,) flat token index b·N + n, or -1 for padding;
-    chunk_segment: (n_chunks,) flat segment index b·R + r; inverse: (B·N,) each token's position in
-    rows, or n_chunks·C (one past the end, a zero row) for uncovered tokens."""
+    chunk_segment: (n_chunks,) flat segment index b·R + r (packed: the chunk's first segment);
+    inverse: (B·N,) each token's position in rows, or n_chunks·C (one past the end, a zero row) for
+    uncovered tokens. Packed plans only: row_segment (n_chunks·C,) each row's segment (-1: padding)
+    and chunk_last (n_chunks,) the chunk's last segment."""
 
     rows: torch.Tensor
     chunk_segment: torch.Tensor
@@ -86,6 +93,12 @@ class RegionPlan:
     batch: int
     tokens: int
     n_regions: int
+    row_segment: torch.Tensor | None = None
+    chunk_last: torch.Tensor | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.row_segment is not None
 
 
 GPU_MAX_CHUNK = 64  # the Triton kernel's best on an H100 (benchmarks/attention_configs.py, RESULTS.md)
@@ -100,8 +113,10 @@ def default_chunk(n_tokens: int, n_regions: int, device: torch.device | str = "c
     return int(min(largest, max(16, 1 << (target.bit_length() - 1))))
 
 
-def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | None = None) -> RegionPlan:
-    """Sort tokens by (batch, region) and pad each group to a multiple of chunk rows (all on device)."""
+def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | None = None,
+              packed: bool = False) -> RegionPlan:
+    """Sort tokens by (batch, region) and pad each group to a multiple of chunk rows (all on device);
+    packed: pad only the end, chunks may span segments (see the module's docstring)."""
     n = region.shape[-1]
     chunk = chunk or default_chunk(n, n_regions, region.device)
     region = region.expand(batch, n) if region.dim() == 1 else region
@@ -119,6 +134,8 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | Non
     start_sorted = torch.cumsum(counts, 0) - counts
     n_covered = int(counts.sum())
     sorted_segment = segment[order[:n_covered]]
+    if packed:
+        return _packed_plan(order[:n_covered], sorted_segment, batch, n, n_regions, chunk)
     rank = torch.arange(n_covered, device=device) - start_sorted[sorted_segment]
     total = int(padded.sum())
     position = start_padded[sorted_segment] + rank
@@ -128,6 +145,20 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | Non
     inverse[order[:n_covered]] = position
     chunk_segment = torch.repeat_interleave(torch.arange(batch * n_regions, device=device), padded // chunk)
     return RegionPlan(rows, chunk_segment, inverse, n_covered == batch * n, chunk, batch, n, n_regions)
+
+
+def _packed_plan(order, sorted_segment, batch, n, n_regions, chunk) -> RegionPlan:
+    device, n_covered = order.device, len(order)
+    total = -(-n_covered // chunk) * chunk
+    rows = torch.full((total,), -1, dtype=torch.long, device=device)
+    rows[:n_covered] = order
+    row_segment = torch.full((total,), -1, dtype=torch.long, device=device)
+    row_segment[:n_covered] = sorted_segment
+    inverse = torch.full((batch * n,), total, dtype=torch.long, device=device)
+    inverse[order] = torch.arange(n_covered, device=device)
+    by_chunk = row_segment.view(-1, chunk)  # sorted, padding (-1) only at the very end
+    return RegionPlan(rows, by_chunk[:, 0], inverse, n_covered == batch * n, chunk, batch, n, n_regions,
+                      row_segment=row_segment, chunk_last=by_chunk.max(1).values)
 
 
 def token_major(x: torch.Tensor) -> bool:
@@ -145,6 +176,8 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
     n_regions = _check(q, k, region, segment_length)
     b, h, n, d = q.shape
     plan = plan or make_plan(region, b, n_regions)
+    if plan.packed:
+        raise ValueError("region torch path: a packed plan is for the Triton kernel; use make_plan(..., packed=False)")
     if token_major(q):
         return _token_rows(q, k, v, plan, segment_length, scale)
     c = plan.chunk
@@ -182,12 +215,13 @@ def _token_rows(q, k, v, plan: RegionPlan, segment_length: int, scale):
 if triton is not None:
 
     @triton.jit
-    def _region_fwd(Q, K, V, O, ROWS, SEG, KD, VD, KD2, VD2, scale_log2, H, N, R, T, D,
+    def _region_fwd(Q, K, V, O, ROWS, SEG, ROW_SEG, SEG_LAST, KD, VD, KD2, VD2, scale_log2, H, N, R, T, D,
                     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr,
-                    SPLIT: tl.constexpr, USE_DESC: tl.constexpr):
+                    SPLIT: tl.constexpr, USE_DESC: tl.constexpr, PACKED: tl.constexpr):
         # Q, O contiguous (B, H, N, D); K, V contiguous (B, H, R·T, D). With USE_DESC, K/V tiles come
         # through tensor descriptors (KD, VD over (B·H·R·T, D); KD2, VD2 the second head-dim tile)
-        # instead of per-element pointer tiles.
+        # instead of per-element pointer tiles. PACKED: the chunk's rows span segments SEG..SEG_LAST,
+        # each row masked to its own (ROW_SEG).
         pid_c = tl.program_id(0)
         h = tl.program_id(1)
         rows = tl.load(ROWS + pid_c * CHUNK + tl.arange(0, CHUNK))
@@ -195,9 +229,10 @@ if triton is not None:
         rows = tl.where(row_ok, rows, 0)
         qb = rows // N
         qn = rows % N
-        seg = tl.load(SEG + pid_c)
-        kb = seg // R
-        kr = seg % R
+        seg_first = tl.load(SEG + pid_c)
+        row_seg = tl.zeros([CHUNK], tl.int64)
+        if PACKED:
+            row_seg = tl.load(ROW_SEG + pid_c * CHUNK + tl.arange(0, CHUNK))
         offs_d = tl.arange(0, BLOCK_D)
         offs_d2 = BLOCK_D + tl.arange(0, BLOCK_D2)  # the second head-dim tile (unused unless SPLIT)
         offs_t = tl.arange(0, BLOCK_T)
@@ -211,12 +246,36 @@ if triton is not None:
         if SPLIT:
             q2 = tl.load(Q + q_rows[:, None] + offs_d2[None, :], mask=row_ok[:, None] & d2_ok[None, :], other=0.0)
             q2 = (q2.to(tl.float32) * scale_log2).to(dtype)
-        k_base = K + ((kb * H + h) * R + kr) * T * D
-        v_base = V + ((kb * H + h) * R + kr) * T * D
         m_i = tl.full([CHUNK], -1.0e30, tl.float32)
         l_i = tl.zeros([CHUNK], tl.float32)
         acc = tl.zeros([CHUNK, BLOCK_D], tl.float32)
         acc2 = tl.zeros([CHUNK, BLOCK_D2], tl.float32)
+        if PACKED:
+            # A row masked out of a whole block keeps m_i = -1e30 and gathers p = 1 terms; its own
+            # segment's first block then scales them by exp2(-1e30 - max) = 0 (every row has one).
+            for seg in range(seg_first, tl.load(SEG_LAST + pid_c) + 1):
+                m_i, l_i, acc, acc2 = _segment(K, V, KD, VD, KD2, VD2, q, q2, seg, row_seg, m_i, l_i, acc, acc2, h, H,
+                                               R, T, D, offs_t, offs_d, offs_d2, d_ok, d2_ok, BLOCK_T, BLOCK_D, SPLIT,
+                                               USE_DESC, PACKED)
+        else:  # one segment, no loop: the kernel as it was measured
+            m_i, l_i, acc, acc2 = _segment(K, V, KD, VD, KD2, VD2, q, q2, seg_first, row_seg, m_i, l_i, acc, acc2, h, H,
+                                           R, T, D, offs_t, offs_d, offs_d2, d_ok, d2_ok, BLOCK_T, BLOCK_D, SPLIT,
+                                           USE_DESC, PACKED)
+        tl.store(O + q_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
+        if SPLIT:
+            tl.store(O + q_rows[:, None] + offs_d2[None, :], (acc2 / l_i[:, None]).to(O.dtype.element_ty),
+                     mask=row_ok[:, None] & d2_ok[None, :])
+
+    @triton.jit
+    def _segment(K, V, KD, VD, KD2, VD2, q, q2, seg, row_seg, m_i, l_i, acc, acc2, h, H, R, T, D, offs_t, offs_d,
+                 offs_d2, d_ok, d2_ok, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr,
+                 USE_DESC: tl.constexpr, PACKED: tl.constexpr):
+        """Every key block of segment seg (flat b·R + r) into the running softmax of the chunk's rows."""
+        kb = seg // R
+        kr = seg % R
+        k_base = K + ((kb * H + h) * R + kr) * T * D
+        v_base = V + ((kb * H + h) * R + kr) * T * D
         row0 = (((kb * H + h) * R + kr) * T).to(tl.int32)  # descriptor coordinates are 32-bit
         for start in range(0, T, BLOCK_T):
             cols = start + offs_t
@@ -238,12 +297,11 @@ if triton is not None:
                                   other=0.0)
                     vt2 = tl.load(v_base + cols[:, None] * D + offs_d2[None, :], mask=col_ok[:, None] & d2_ok[None, :],
                                   other=0.0)
-            m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, col_ok, m_i, l_i, acc, acc2, SPLIT)
-        tl.store(O + q_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty),
-                 mask=row_ok[:, None] & d_ok[None, :])
-        if SPLIT:
-            tl.store(O + q_rows[:, None] + offs_d2[None, :], (acc2 / l_i[:, None]).to(O.dtype.element_ty),
-                     mask=row_ok[:, None] & d2_ok[None, :])
+            ok = col_ok[None, :]
+            if PACKED:
+                ok = ok & (row_seg[:, None] == seg)
+            m_i, l_i, acc, acc2 = online_softmax_block(q, kt, vt, q2, kt2, vt2, ok, m_i, l_i, acc, acc2, SPLIT)
+        return m_i, l_i, acc, acc2
 
 
 # Launch configuration (block_t, num_warps, num_stages) for head dims up to 80 and above: the fastest
@@ -253,13 +311,14 @@ CONFIG, WIDE_CONFIG = (32, 2, 1), (32, 4, 1)
 
 def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None, chunk: int | None = None,
                 block_t: int | None = None, num_warps: int | None = None, num_stages: int | None = None, split: bool = True,
-                maxnreg: int | None = None, kv_descriptors: bool = False):
+                maxnreg: int | None = None, kv_descriptors: bool = False, packed: bool = False):
     """The fused kernel: queries gathered and outputs scattered in place, segments read in place
-    (kv_descriptors: K/V tiles through tensor descriptors, where the head dim's rows are 16-byte aligned)."""
+    (kv_descriptors: K/V tiles through tensor descriptors, where the head dim's rows are 16-byte aligned).
+    packed: build a packed plan when none is given (a given plan says for itself)."""
     check_triton_inputs(q, k, v)
     n_regions = _check(q, k, region, segment_length)
     b, h, n, d = q.shape
-    plan = plan or make_plan(region, b, n_regions, chunk)
+    plan = plan or make_plan(region, b, n_regions, chunk, packed=packed)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q) if plan.all_covered else torch.zeros_like(q)  # uncovered tokens stay zero
     scale = d ** -0.5 if scale is None else scale
@@ -274,9 +333,11 @@ def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPl
     else:
         descs = [k, v, k, v]  # unused
     if grid[0]:
-        _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, *descs, scale * 1.4426950408889634, h,
-                          n, n_regions, segment_length, d, CHUNK=plan.chunk, BLOCK_T=block_t, BLOCK_D=block_d,
-                          BLOCK_D2=max(16, block_d2), SPLIT=block_d2 > 0, USE_DESC=use_desc,
+        row_segment, chunk_last = (plan.row_segment, plan.chunk_last) if plan.packed else (plan.rows, plan.chunk_segment)
+        _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, row_segment, chunk_last, *descs,
+                          scale * 1.4426950408889634, h, n, n_regions, segment_length, d, CHUNK=plan.chunk,
+                          BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_D2=max(16, block_d2), SPLIT=block_d2 > 0,
+                          USE_DESC=use_desc, PACKED=plan.packed,
                           num_warps=num_warps or cfg_warps, num_stages=num_stages or cfg_stages,
                           **({"maxnreg": maxnreg} if maxnreg else {}))
     return out

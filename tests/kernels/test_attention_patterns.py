@@ -136,7 +136,7 @@ def test_region_matches_reference(head_dim, path, dtype):
     out = fn(*(t.to(DEVICE, dtype) for t in (q, k, v)), region_map.to(DEVICE), tokens, **kwargs)
     _close(out, ref, dtype, _tol(path, dtype))
     if path == "triton" and dtype == torch.float32:  # the one-padded-tile launch, and K/V through descriptors
-        for variant in (dict(split=False), dict(kv_descriptors=True)):
+        for variant in (dict(split=False), dict(kv_descriptors=True), dict(packed=True)):
             out = fn(*(t.to(DEVICE, dtype) for t in (q, k, v)), region_map.to(DEVICE), tokens, **variant, **kwargs)
             _close(out, ref, dtype, _tol(path, dtype))
 
@@ -170,6 +170,35 @@ def test_region_plan_groups_tokens_by_segment():
         real = chunk_rows[chunk_rows >= 0]
         assert (region_map[real] == segment).all()
     assert sorted(plan.rows[plan.rows >= 0].tolist()) == [0, 1, 2, 4, 5, 6]  # token 3 is uncovered
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_region_triton_packed_chunks_span_segments_and_match_the_reference(dtype):
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    # Many small regions, so most chunks span two or more segments; a per-sample map with uncovered tokens.
+    b, h, n, d, regions, tokens, chunk = 2, 2, 40, 40, 6, 5, 16
+    q, k, v = _rand(b, h, n, d, seed=11), _rand(b, h, regions * tokens, d, seed=12), _rand(b, h, regions * tokens, d, seed=13)
+    region_map = torch.randint(-1, regions, (b, n), generator=torch.Generator().manual_seed(14))
+    plan = make_plan(region_map.to(DEVICE), b, regions, chunk=chunk, packed=True)
+    assert int((plan.chunk_last - plan.chunk_segment).max()) >= 2
+    out = region.triton_path(*(t.to(DEVICE, dtype) for t in (q, k, v)), region_map.to(DEVICE), tokens, plan=plan)
+    _close(out, region.reference(q, k, v, region_map, tokens), dtype, _tol("triton", dtype))
+
+
+def test_region_packed_plan_pads_only_the_end():
+    region_map = torch.tensor([[2, 0, 0, -1, 2, 1, 0], [1, 1, -1, -1, 0, 2, 2]])
+    plan = make_plan(region_map, batch=2, n_regions=3, chunk=4, packed=True)
+    covered = int((region_map >= 0).sum())
+    assert len(plan.chunk_segment) == -(-covered // 4) and (plan.rows[covered:] == -1).all()
+    real = plan.rows[:covered]
+    assert (plan.row_segment[:covered] == real // 7 * 3 + region_map.reshape(-1)[real]).all()
+    assert (plan.row_segment[:covered].diff() >= 0).all()  # sorted by segment
+    by_chunk = plan.row_segment.view(-1, 4)
+    assert (plan.chunk_segment == by_chunk[:, 0]).all() and (plan.chunk_last == by_chunk.max(1).values).all()
+    assert (plan.inverse[real] == torch.arange(covered)).all() and (plan.inverse[region_map.reshape(-1) < 0] == len(plan.rows)).all()
+    with pytest.raises(ValueError, match="packed"):
+        region.torch_path(torch.zeros(2, 1, 7, 4), torch.zeros(2, 1, 6, 4), torch.zeros(2, 1, 6, 4), region_map, 2, plan=plan)
 
 
 def test_region_rejects_bad_maps():
