@@ -25,7 +25,8 @@ torch alternate call by call), triton_packed_vs_plain_ratio (GPU; a packed plan:
 torch_vs_plain_ratio_processor_layout (q, k, v as views of (B, N, H·D) memory, output back to it, as
 the processors run it); on GPU matmul_bf16_tflops (on the CPU: matmul_tflops, in the run's dtype),
 shapes.neighbour[] / shapes.region[] with --shapes; with --breakdown,
-region_breakdown.<piece>.{ms, ratio_to_plain} (the region torch path's pieces, timed alone).
+region_breakdown.<piece>.{ms, ratio_to_plain} (the region torch path's pieces, timed alone) and, on the
+CPU, sdpa_rows_by_length.<rows per sequence> (SDPA's time per query row, relative to the longest).
 """
 
 from __future__ import annotations
@@ -288,6 +289,28 @@ def region_breakdown(args, dtype, device) -> dict:
     return {name: {"ms": t, "ratio_to_plain": t / ms["plain"]} for name, t in ms.items()}
 
 
+def sdpa_rows_by_length(args, dtype, h: int = 8, tokens: int = 77) -> dict:
+    """SDPA's time per query row against one T-token segment, by sequence length, the same rows cut
+    into sequences of each length (processor layout), relative to the longest: PyTorch's CPU flash
+    kernel picks its query block from the sequence length, so short chunks pay for small blocks."""
+    lengths = (64, 128, 191, 192, 256, 767, 768, 1536)
+    total = 1536 * (1 if args.quick else 4)
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    fns = {}
+    for length in lengths:
+        count = total // length
+        q, k, v = (torch.randn(count, rows, h, args.region_dim, generator=gen).to(dtype).transpose(1, 2)
+                   for rows in (length, tokens, tokens))
+        fns[length] = (lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), count * length)
+    ms = interleaved({length: fn for length, (fn, _) in fns.items()}, 3 * args.repeats)
+    per_row = {length: ms[length] / fns[length][1] for length in lengths}
+    longest = per_row[lengths[-1]]
+    print_table(f"SDPA per query row by sequence length ({total} rows, {tokens} keys, {h} × {args.region_dim}; "
+                f"relative to {lengths[-1]})", ["rows per sequence", "per row"],
+                [[length, f"{per_row[length] / longest:.3f}"] for length in lengths])
+    return {str(length): per_row[length] / longest for length in lengths}
+
+
 def bench_region(args, dtype, device) -> dict:
     b, h, n, d, regions, tokens = 1, 8, args.region_length, args.region_dim, 5, 77
     gen = torch.Generator(device="cpu").manual_seed(1)
@@ -449,6 +472,8 @@ def main(argv=None) -> dict:
         write_json(args.json, result)  # after each pattern, so a run cut short keeps what it measured
     if args.breakdown:
         result["region_breakdown"] = region_breakdown(args, dtype, device)
+        if device == "cpu":
+            result["sdpa_rows_by_length"] = sdpa_rows_by_length(args, dtype)
     if args.shapes and CUDA and triton_available():
         result["shapes"] = bench_shapes(args, dtype, device)
     if CUDA:

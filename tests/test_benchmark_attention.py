@@ -15,4 +15,5 @@ def test_quick_attention_benchmark_writes_every_table(tmp_path, capsys):
     region = result["patterns"]["region"]
     assert region["torch_vs_plain_ratio"] > 0 and region["torch_vs_plain_ratio_processor_layout"] > 0
     assert result["region_breakdown"]["plain"]["ratio_to_plain"] == 1.0
+    assert result["sdpa_rows_by_length"]["1536"] == 1.0 and len(result["sdpa_rows_by_length"]) == 8
     assert "piece by piece" in capsys.readouterr().out
