@@ -21,9 +21,9 @@ ms_back_to_back (GPU), ratio_to_naive, tflops, peak_extra_mib, max_abs_err (null
 measured), plus patterns.neighbour.sdpa_core_ms and sdpa_core_ratio_to_naive (SDPA alone on
 pre-gathered keys: the ceiling of any SDPA-based path), patterns.region.plain_cross_attention_ms,
 torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU; on the CPU plain and
-torch alternate call by call), triton_packed_vs_plain_ratio (GPU; a packed plan: no padding between segments), plain_cross_attention_ms_processor_layout and
-torch_vs_plain_ratio_processor_layout (q, k, v as views of (B, N, H·D) memory, output back to it, as
-the processors run it); on GPU matmul_bf16_tflops (on the CPU: matmul_tflops, in the run's dtype),
+torch alternate call by call), triton_packed_vs_plain_ratio (GPU; a packed plan: no padding between
+segments), plain_cross_attention_ms_processor_layout and torch_vs_plain_ratio_processor_layout (q, k,
+v as views of (B, N, H·D) memory, output back to it, as the processors run it); on GPU matmul_bf16_tflops (on the CPU: matmul_tflops, in the run's dtype),
 shapes.neighbour[] / shapes.region[] with --shapes; with --breakdown,
 region_breakdown.<piece>.{ms, ratio_to_plain} (the region torch path's pieces, timed alone) and, on the
 CPU, sdpa_rows_by_length.<rows per sequence> (SDPA's time per query row, relative to the longest).
@@ -339,8 +339,8 @@ def bench_region(args, dtype, device) -> dict:
         measure(rows, "triton", lambda: region.triton_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
         measure(rows, "triton (cached plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
         packed_plan = make_plan(region_map, b, regions, packed=True)  # no padding between segments
-        measure(rows, "triton (cached packed plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=packed_plan),
-                flops, ref, args.repeats)
+        measure(rows, "triton (cached packed plan)",
+                lambda: region.triton_path(q, k, v, region_map, tokens, plan=packed_plan), flops, ref, args.repeats)
     # The processors' layout: q, k, v are (B, H, N, D) views of to_q/to_k/to_v's (B, N, H·D) output, and
     # the attention's output goes back to (B, N, H·D) for to_out. Same values as q, k, v.
     qp, kp, vp = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))

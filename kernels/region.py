@@ -333,6 +333,7 @@ def triton_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPl
     else:
         descs = [k, v, k, v]  # unused
     if grid[0]:
+        # Unpacked plans pass placeholders for the two packed-only arguments (never read).
         row_segment, chunk_last = (plan.row_segment, plan.chunk_last) if plan.packed else (plan.rows, plan.chunk_segment)
         _region_fwd[grid](q, k, v, out, plan.rows, plan.chunk_segment, row_segment, chunk_last, *descs,
                           scale * 1.4426950408889634, h, n, n_regions, segment_length, d, CHUNK=plan.chunk,

@@ -178,7 +178,8 @@ def test_region_triton_packed_chunks_span_segments_and_match_the_reference(dtype
         pytest.skip("triton is not installed")
     # Many small regions, so most chunks span two or more segments; a per-sample map with uncovered tokens.
     b, h, n, d, regions, tokens, chunk = 2, 2, 40, 40, 6, 5, 16
-    q, k, v = _rand(b, h, n, d, seed=11), _rand(b, h, regions * tokens, d, seed=12), _rand(b, h, regions * tokens, d, seed=13)
+    q = _rand(b, h, n, d, seed=11)
+    k, v = _rand(b, h, regions * tokens, d, seed=12), _rand(b, h, regions * tokens, d, seed=13)
     region_map = torch.randint(-1, regions, (b, n), generator=torch.Generator().manual_seed(14))
     plan = make_plan(region_map.to(DEVICE), b, regions, chunk=chunk, packed=True)
     assert int((plan.chunk_last - plan.chunk_segment).max()) >= 2
@@ -196,9 +197,11 @@ def test_region_packed_plan_pads_only_the_end():
     assert (plan.row_segment[:covered].diff() >= 0).all()  # sorted by segment
     by_chunk = plan.row_segment.view(-1, 4)
     assert (plan.chunk_segment == by_chunk[:, 0]).all() and (plan.chunk_last == by_chunk.max(1).values).all()
-    assert (plan.inverse[real] == torch.arange(covered)).all() and (plan.inverse[region_map.reshape(-1) < 0] == len(plan.rows)).all()
+    assert (plan.inverse[real] == torch.arange(covered)).all()
+    assert (plan.inverse[region_map.reshape(-1) < 0] == len(plan.rows)).all()  # uncovered: the zero row
     with pytest.raises(ValueError, match="packed"):
-        region.torch_path(torch.zeros(2, 1, 7, 4), torch.zeros(2, 1, 6, 4), torch.zeros(2, 1, 6, 4), region_map, 2, plan=plan)
+        region.torch_path(torch.zeros(2, 1, 7, 4), torch.zeros(2, 1, 6, 4), torch.zeros(2, 1, 6, 4), region_map, 2,
+                          plan=plan)
 
 
 def test_region_rejects_bad_maps():
