@@ -23,11 +23,14 @@ from triton.compiler import ASTSource
 from benchmarks.common import print_table
 from kernels import region
 
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+DEFAULT_LAUNCH = (64, 32, 32, 16, 2, 1)  # (chunk, block_t, block_d, block_d2, num_warps, num_stages) at head dim 40
+
 # (chunk, block_t, block_d, block_d2, num_warps, num_stages, packed): the default launch at head dim 40,
 # then variants, then the default launch on a packed plan (chunks spanning segments)
-VARIANTS = [(64, 32, 32, 16, 2, 1, False), (64, 16, 32, 16, 2, 1, False), (64, 64, 32, 16, 2, 1, False),
+VARIANTS = [(*DEFAULT_LAUNCH, False), (64, 16, 32, 16, 2, 1, False), (64, 64, 32, 16, 2, 1, False),
             (64, 32, 64, 0, 2, 1, False), (32, 32, 32, 16, 1, 1, False), (64, 32, 32, 16, 4, 1, False),
-            (128, 32, 32, 16, 4, 1, False), (64, 32, 32, 16, 2, 1, True)]
+            (128, 32, 32, 16, 4, 1, False), (*DEFAULT_LAUNCH, True)]
 
 
 def resources(chunk, block_t, block_d, block_d2, warps, stages, packed=False, dtype="bf16") -> dict:
@@ -42,9 +45,8 @@ def resources(chunk, block_t, block_d, block_d2, warps, stages, packed=False, dt
                             options={"num_warps": warps, "num_stages": stages})
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(kernel.asm["cubin"])
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     try:
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        text = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(f.name)
     usage = next(line for line in text.splitlines() if "REG:" in line)

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 
-triton = pytest.importorskip("triton")
-CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+pytest.importorskip("triton")
+from benchmarks.kernel_registers import CUOBJDUMP  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton without its NVIDIA tools")
+@pytest.mark.skipif(not os.path.exists(CUOBJDUMP), reason="Triton without its NVIDIA tools")
 def test_region_kernel_compiles_for_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_DEFAULT_FP_FUSION="1", PYTHONPATH=str(ROOT))
-    code = ("import json; from benchmarks.kernel_registers import resources; "
-            "print(json.dumps([resources(64, 32, 32, 16, 2, 1, packed=p) for p in (False, True)]))")
+    code = ("import json; from benchmarks.kernel_registers import DEFAULT_LAUNCH, resources; "
+            "print(json.dumps([resources(*DEFAULT_LAUNCH, packed=p) for p in (False, True)]))")
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     for usage in json.loads(done.stdout.strip().splitlines()[-1]):
