@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from attention_processors.controller import AttentionController
-from kernels import region_attention
+from kernels import backend_for, gather_segments, region_attention
+from kernels.region import token_major
 
 
 class MultiQueryDisentangledProcessor:
@@ -59,7 +60,10 @@ class MultiQueryDisentangledProcessor:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         else:
             plan = ctrl.region_plan(n_tokens, batch - shared, query.device)
-            out = region_attention(query[shared:], key, value, regions, ctrl.segment_length, plan=plan)
+            on_torch = backend_for(query.device) == "torch"  # the fused kernel reads keys in place
+            segments = self._segments(attn, query[shared:], key, value, plan) if on_torch else None
+            out = region_attention(query[shared:], key, value, regions, ctrl.segment_length, plan=plan,
+                                   segments=segments)
             if shared:  # the negative prompt, the same in every segment: plain attention on one copy
                 plain = F.scaled_dot_product_attention(query[:shared], k_shared, v_shared)
                 out = torch.cat([plain, out.to(plain.dtype)])
@@ -70,6 +74,15 @@ class MultiQueryDisentangledProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    def _segments(self, attn: Attention, query, key, value, plan):
+        """Each chunk's keys and values for the torch path, gathered once per module, plan and query
+        layout, kept in the module's `_keys_values` cache entry (so new keys start without them)."""
+        entry = self.controller.kv_cache[id(attn)]
+        segments = entry[3]
+        if segments is None or segments.plan is not plan or segments.token_major != token_major(query):
+            segments = entry[3] = gather_segments(key, value, plan, self.controller.segment_length, token_major(query))
+        return segments
 
     def _keys_values(self, attn: Attention, encoder_hidden_states: torch.Tensor, shared: int):
         """((k, v) of the first segment of the leading `shared` rows, or (None, None); (k, v) of the rest),
@@ -93,5 +106,5 @@ class MultiQueryDisentangledProcessor:
             return key, value
         result = (project(states[:shared, :self.controller.segment_length]) if shared else (None, None),
                   project(states[shared:]))
-        cache[id(attn)] = (encoder_hidden_states, shared, result)
+        cache[id(attn)] = [encoder_hidden_states, shared, result, None]  # + the torch path's segments
         return result

@@ -100,11 +100,16 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
     return _run("neighbour", backend, q.device, q, k, v, index, scale, q_hat=q_hat, w=w, shape=(q.shape[3], q.shape[4]))
 
 
-def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None):
-    """Token n of q attends to key segment region[n] only (see kernels.region)."""
+def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None,
+                     segments=None):
+    """Token n of q attends to key segment region[n] only (see kernels.region). plan: a cached
+    `make_plan` for the torch and triton paths; segments: cached `gather_segments` for the torch path
+    (the others read k and v in place)."""
     name = _check_backend(backend) if backend else backend_for(q.device)  # resolved once per call
-    uses_plan = plan is not None and name in ("torch", "triton")
-    return _run("region", name, q.device, q, k, v, region, segment_length, scale, **({"plan": plan} if uses_plan else {}))
+    extra = {"plan": plan} if plan is not None and name in ("torch", "triton") else {}
+    if segments is not None and name == "torch":
+        extra["segments"] = segments
+    return _run("region", name, q.device, q, k, v, region, segment_length, scale, **extra)
 
 
 def blended_attention(q, k, v, q_hat, w, scale=None, backend: str | None = None):

@@ -10,7 +10,8 @@ Output (B, H, N, D).
 Both fast paths use a `RegionPlan`: tokens sorted by segment and padded to chunks of C rows that
 all share one segment, so each chunk is a small dense attention against one T-token segment.
 The cost is (N + R·C)·T instead of R·N·T for a masked full product. A plan depends only on the
-region map, so a caller that keeps the map across steps builds it once.
+region map, so a caller that keeps the map across steps builds it once; a caller whose keys stay
+the same too (MQD's prompts) also gathers each chunk's segment once (`gather_segments`).
 
 A packed plan (`make_plan(..., packed=True)`, Triton only) pads nothing between segments: chunk i is
 sorted rows [i·C, (i+1)·C), which may span several segments; the kernel visits each segment the
@@ -161,51 +162,84 @@ def _packed_plan(order, sorted_segment, batch, n, n_regions, chunk) -> RegionPla
                       row_segment=row_segment, chunk_last=by_chunk.max(1).values)
 
 
+@dataclass(frozen=True)
+class RegionSegments:
+    """Each chunk's key and value segment, gathered for the torch path: what a caller whose keys stay
+    the same across calls (MQD's prompts over a whole denoising loop) gathers once instead of on every
+    call. k, v: (n_chunks, H, T, D) for token-major queries, (H, n_chunks, T, D) for head-major ones."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    plan: RegionPlan
+    token_major: bool
+
+
+def gather_segments(k, v, plan: RegionPlan, segment_length: int, token_major_q: bool = True) -> RegionSegments:
+    """k, v (B, H, R·T, D) → each chunk's segment, for `torch_path(..., segments=…)` with queries of
+    that layout (token_major_q: the processors' (B, N, H, D) memory, see `token_major`)."""
+    b, h, _, d = k.shape
+    if plan.packed:
+        raise ValueError("region torch path: a packed plan is for the Triton kernel; use make_plan(..., packed=False)")
+    if b != plan.batch or k.shape[2] != plan.n_regions * segment_length or v.shape != k.shape:
+        raise ValueError(f"k, v: expected ({plan.batch}, H, {plan.n_regions * segment_length}, D) for this plan, "
+                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
+
+    def gather(x):
+        if token_major_q:  # (B, H, R·T, D) → (n_chunks, H, T, D)
+            x = x.unflatten(2, (plan.n_regions, segment_length)).transpose(1, 2)
+            return x.reshape(b * plan.n_regions, h, segment_length, d).index_select(0, plan.chunk_segment)
+        x = x.transpose(0, 1).reshape(h, b * plan.n_regions, segment_length, d)  # → (H, n_chunks, T, D)
+        return x.index_select(1, plan.chunk_segment)
+    return RegionSegments(gather(k), gather(v), plan, token_major_q)
+
+
 def token_major(x: torch.Tensor) -> bool:
     """True when a (B, H, N, D) tensor is a view of (B, N, H, D) memory, as attention processors make
     it (`to_q(x).view(B, N, H, D).transpose(1, 2)`)."""
     return x.shape[1] > 1 and x.transpose(1, 2).is_contiguous()
 
 
-def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None):
+def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None,
+               segments: RegionSegments | None = None):
     """Chunked dense attention: one batched SDPA over (chunk of same-region queries, its segment).
 
     The output keeps q's memory layout: head-major q gathers per head; token-major q (the processors'
     layout) gathers whole token rows of H·D values, and its output is token-major too, so the caller's
-    `transpose(1, 2).reshape(B, N, H·D)` is free."""
+    `transpose(1, 2).reshape(B, N, H·D)` is free. segments: each chunk's keys and values from
+    `gather_segments(k, v, plan, …)` for this plan and q's layout, when k and v stay the same across
+    calls (k and v are then not read)."""
     n_regions = _check(q, k, region, segment_length)
     b, h, n, d = q.shape
     plan = plan or make_plan(region, b, n_regions)
     if plan.packed:
         raise ValueError("region torch path: a packed plan is for the Triton kernel; use make_plan(..., packed=False)")
-    if token_major(q):
-        return _token_rows(q, k, v, plan, segment_length, scale)
+    if segments is None:
+        segments = gather_segments(k, v, plan, segment_length, token_major(q))
+    elif segments.plan is not plan or segments.token_major != token_major(q):
+        raise ValueError("region torch path: segments were gathered for another plan or query layout; "
+                         "use gather_segments(k, v, plan, segment_length, token_major(q))")
+    if segments.token_major:
+        return _token_rows(q, segments, plan, scale)
     c = plan.chunk
     n_chunks = len(plan.chunk_segment)
     # index_select, not advanced indexing: the same gathers, 3–5× faster on CPU (measured alone).
     q_rows = q.transpose(0, 1).reshape(h, b * n, d)
     q_chunks = q_rows.index_select(1, plan.rows.clamp(min=0)).reshape(h, n_chunks, c, d)
-    k_segs = k.transpose(0, 1).reshape(h, b * n_regions, segment_length, d).index_select(1, plan.chunk_segment)
-    v_segs = v.transpose(0, 1).reshape(h, b * n_regions, segment_length, d).index_select(1, plan.chunk_segment)
-    out_chunks = F.scaled_dot_product_attention(q_chunks, k_segs, v_segs, scale=scale).reshape(h, n_chunks * c, d)
+    out_chunks = F.scaled_dot_product_attention(q_chunks, segments.k, segments.v, scale=scale)
+    out_chunks = out_chunks.reshape(h, n_chunks * c, d)
     # One gather back to token order; uncovered tokens (none under MQD) read an appended zero row.
     if not plan.all_covered:
         out_chunks = torch.cat([out_chunks, out_chunks.new_zeros(h, 1, d)], 1)
     return out_chunks.index_select(1, plan.inverse).reshape(h, b, n, d).transpose(0, 1)
 
 
-def _token_rows(q, k, v, plan: RegionPlan, segment_length: int, scale):
+def _token_rows(q, segments: RegionSegments, plan: RegionPlan, scale):
     """torch_path for token-major q: rows of (B·N, H·D) in, SDPA on strided chunk views, rows out."""
     b, h, n, d = q.shape
     c, n_chunks = plan.chunk, len(plan.chunk_segment)
     q_chunks = q.transpose(1, 2).reshape(b * n, h * d).index_select(0, plan.rows.clamp(min=0))
     q_chunks = q_chunks.view(n_chunks, c, h, d).transpose(1, 2)
-
-    def segments(x):  # (B, H, R·T, D) → (n_chunks, H, T, D), each chunk's segment
-        x = x.unflatten(2, (plan.n_regions, segment_length)).transpose(1, 2)
-        return x.reshape(b * plan.n_regions, h, segment_length, d).index_select(0, plan.chunk_segment)
-
-    out = F.scaled_dot_product_attention(q_chunks, segments(k), segments(v), scale=scale)
+    out = F.scaled_dot_product_attention(q_chunks, segments.k, segments.v, scale=scale)
     out = out.transpose(1, 2).reshape(n_chunks * c, h * d)  # SDPA keeps q's token-major layout: a view
     if not plan.all_covered:
         out = torch.cat([out, out.new_zeros(1, h * d)])

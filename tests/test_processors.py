@@ -6,8 +6,9 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from attention_processors import (AttentionController, MultiQueryDisentangledProcessor, installed_processors,
                                   region_labels)
+from attention_processors import mqd
 from attention_processors.install import is_cross_attention
-from kernels import last_backend, triton_available, use_backend
+from kernels import gather_segments, last_backend, triton_available, use_backend
 
 
 def test_region_labels_put_later_layers_in_front():
@@ -95,6 +96,26 @@ def test_mqd_shared_negative_rows_and_cached_keys_match_the_plain_computation():
     torch.testing.assert_close(fast(attn, x2, other), full(attn, x2, other), atol=1e-5, rtol=1e-5)
     assert len(calls) == 3, "fast projects the shared row and the rest, full everything at once"
     hook.remove()
+
+
+def test_mqd_gathers_each_chunks_keys_once_per_module_and_plan(monkeypatch):
+    attn = _attention()
+    h = w = 6
+    labels = torch.randint(0, 3, (h, w), generator=torch.Generator().manual_seed(5))
+    states = torch.randn(2, 15, 32)
+    ctrl = AttentionController((h, w), labels, n_regions=3, segment_length=5, shared_rows=1)
+    processor = MultiQueryDisentangledProcessor(ctrl)
+    gathered = []
+    monkeypatch.setattr(mqd, "gather_segments", lambda *a: gathered.append(1) or gather_segments(*a))
+    with use_backend("torch"):
+        for step in range(3):  # a denoising loop: new queries, the same prompts
+            x = torch.randn(2, h * w, 32)
+            with use_backend("reference"):
+                expected = processor(attn, x, states)
+            torch.testing.assert_close(processor(attn, x, states), expected, atol=1e-5, rtol=1e-5)
+        assert len(gathered) == 1
+        processor(attn, x, torch.randn(2, 15, 32))  # new prompts: new keys, gathered again
+        assert len(gathered) == 2
 
 
 def test_mqd_self_attention_is_untouched_and_wrong_prompt_count_is_an_error():

@@ -8,7 +8,7 @@ everywhere; Triton bf16 only on a GPU: `tl.dot` on bf16 is wrong under the inter
 import pytest
 import torch
 
-from kernels import (backend_for, blended_attention, last_backend, make_plan, neighbour_attention,
+from kernels import (backend_for, blended_attention, gather_segments, last_backend, make_plan, neighbour_attention,
                      region_attention, triton_available, use_backend)
 from kernels import blended, neighbour, region
 from kernels.neighbour import split_head_dim, window_start
@@ -160,6 +160,34 @@ def test_region_torch_path_in_the_processors_token_major_layout(dtype, batch_map
         assert region.token_major(out)
         _close(region.torch_path(q.contiguous().to(dtype), k.to(dtype), v.to(dtype), region_map, tokens, plan=plan),
                ref, dtype)
+
+
+@pytest.mark.parametrize("layout", ["token-major", "head-major"])
+def test_region_torch_path_with_segments_gathered_once_matches_the_reference(layout):
+    b, h, n, d, regions, tokens = 2, 3, 37, 40, 4, 9
+    q, k, v = (_rand(b, length, h, d, seed=s).transpose(1, 2) for s, length in ((21, n), (22, regions * tokens),
+                                                                                 (23, regions * tokens)))
+    q = q if layout == "token-major" else q.contiguous()
+    region_map = torch.randint(-1, regions, (b, n), generator=torch.Generator().manual_seed(24))
+    plan = make_plan(region_map, b, regions, chunk=8)
+    segments = gather_segments(k, v, plan, tokens, region.token_major(q))
+    ref = region.reference(q, k, v, region_map, tokens)
+    for _ in range(2):  # the same segments serve every call; k and v are not read again
+        _close(region.torch_path(q, k * 0, v * 0, region_map, tokens, plan=plan, segments=segments), ref, torch.float64)
+    _close(region_attention(q, k, v, region_map, tokens, plan=plan, segments=segments, backend="torch"), ref,
+           torch.float64)
+    _close(region_attention(q, k, v, region_map, tokens, plan=plan, segments=segments, backend="reference"), ref,
+           torch.float64)  # the other paths read k and v themselves
+    other_layout = q.contiguous() if layout == "token-major" else q.transpose(1, 2).contiguous().transpose(1, 2)
+    with pytest.raises(ValueError, match="another plan or query layout"):
+        region.torch_path(other_layout, k, v, region_map, tokens, plan=plan, segments=segments)
+    with pytest.raises(ValueError, match="another plan or query layout"):
+        region.torch_path(q, k, v, region_map, tokens, plan=make_plan(region_map, b, regions, chunk=8),
+                          segments=segments)
+    with pytest.raises(ValueError, match="for this plan"):
+        gather_segments(k[:1], v[:1], plan, tokens)
+    with pytest.raises(ValueError, match="packed"):
+        gather_segments(k, v, make_plan(region_map, b, regions, chunk=8, packed=True), tokens)
 
 
 def test_region_plan_groups_tokens_by_segment():
