@@ -23,10 +23,14 @@ pre-gathered keys: the ceiling of any SDPA-based path), patterns.region.plain_cr
 torch_vs_plain_ratio and triton_vs_plain_ratio (+ _back_to_back variants on GPU; on the CPU plain and
 torch alternate call by call), triton_packed_vs_plain_ratio (GPU; a packed plan: no padding between
 segments), plain_cross_attention_ms_processor_layout and torch_vs_plain_ratio_processor_layout (q, k,
-v as views of (B, N, H·D) memory, output back to it, as the processors run it); on GPU matmul_bf16_tflops (on the CPU: matmul_tflops, in the run's dtype),
-shapes.neighbour[] / shapes.region[] with --shapes; with --breakdown,
-region_breakdown.<piece>.{ms, ratio_to_plain} (the region torch path's pieces, timed alone) and, on the
-CPU, sdpa_rows_by_length.<rows per sequence> (SDPA's time per query row, relative to the longest).
+v as views of (B, N, H·D) memory, output back to it, as the processors run it),
+torch_cached_segments_vs_plain_ratio_processor_layout (the same, each chunk's K/V segment gathered once
+beforehand, as the MQD processor keeps them over a denoising loop) and, on the CPU,
+minor_page_faults_per_call (mean, for each of the alternating calls); on GPU matmul_bf16_tflops (on
+the CPU: matmul_tflops, in the run's dtype), shapes.neighbour[] / shapes.region[] with --shapes; with
+--breakdown, region_breakdown.<piece>.{ms, ratio_to_plain, minor_page_faults} (the region torch path's
+pieces, timed alone; plain and the whole path also on the last of 4 calls in a row) and, on the CPU,
+sdpa_rows_by_length.<rows per sequence> (SDPA's time per query row, relative to the longest).
 """
 
 from __future__ import annotations
@@ -36,13 +40,18 @@ import os
 import statistics
 import time
 
+try:
+    import resource
+except ImportError:  # not on Windows: no fault counts there
+    resource = None
+
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU profiler's start/stop lines are noise here
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import machine, print_table, write_json
-from kernels import blended, make_plan, neighbour, region, triton_available
+from kernels import blended, gather_segments, make_plan, neighbour, region, triton_available
 
 CUDA = torch.cuda.is_available()
 
@@ -85,19 +94,34 @@ def back_to_back(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
+def minor_faults() -> int:
+    """Page faults this process has taken without disk I/O: each is a fresh page of memory that the
+    kernel zeroes and maps (on the CPU, what a freshly allocated multi-MB buffer costs on first touch)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def interleaved(fns: dict, repeats: int, faults: dict | None = None, block: int = 1) -> dict:
     """Median milliseconds of each fn, the calls alternating (on the CPU: a drift of the machine's speed
-    during the run, which is large on a shared VM, then reaches every fn alike). On a GPU: `timed`."""
+    during the run, which is large on a shared VM, then reaches every fn alike). On a GPU: `timed`.
+    faults (CPU): filled with each fn's mean minor page faults per call (a few calls fault thousands of
+    pages, most none: the mean is what they cost). block: calls of one fn in a
+    row before the next fn's (the last of each block is timed), so each fn finds the memory its own
+    previous call freed: its time without the page faults that another fn's frees leave it."""
     if CUDA:
         return {name: timed(fn, repeats) for name, fn in fns.items()}
-    times = {name: [] for name in fns}
+    times, faulted = {name: [] for name in fns}, {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            for _ in range(block - 1):
+                fn()
+            before, start = minor_faults(), time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
+            faulted[name].append(minor_faults() - before)
+    if faults is not None:
+        faults.update({name: statistics.mean(f) for name, f in faulted.items()})
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -282,11 +306,25 @@ def region_breakdown(args, dtype, device) -> dict:
             f"chunks of {chunk}: whole torch path": lambda plan=plan: processor_rows(
                 region.torch_path(q, k, v, region_map, tokens, plan=plan)),
         })
-    ms = interleaved(fns, 6 * args.repeats)
+    faults: dict = {}
+    ms = interleaved(fns, 6 * args.repeats, faults)
+    ratio = {name: t / ms["plain"] for name, t in ms.items()}
+    # Plain and the whole path again, each timed on the last of 4 calls in a row: with the memory its
+    # own previous call freed at hand, the page faults that alternating calls cause each other are gone.
+    in_a_row = {name: fn for name, fn in fns.items() if name == "plain" or name.endswith("whole torch path")}
+    row_faults: dict = {}
+    row_ms = interleaved(in_a_row, 2 * args.repeats, row_faults, block=4)
+    for name, t in row_ms.items():
+        ms[f"{name}, 4 calls in a row"] = t
+        ratio[f"{name}, 4 calls in a row"] = t / row_ms["plain"]
+        if name in row_faults:  # the CPU's
+            faults[f"{name}, 4 calls in a row"] = row_faults[name]
     print_table(f"region torch path, piece by piece (processor layout, calls alternating; plain = "
-                f"{ms['plain']:.3g} ms)", ["piece", "ms", "/ plain"],
-                [[name, t, f"{t / ms['plain']:.3f}"] for name, t in ms.items()])
-    return {name: {"ms": t, "ratio_to_plain": t / ms["plain"]} for name, t in ms.items()}
+                f"{ms['plain']:.3g} ms)", ["piece", "ms", "/ plain", "page faults / call (mean)"],
+                [[name, t, f"{ratio[name]:.3f}", f"{faults[name]:.0f}" if name in faults else "-"]
+                 for name, t in ms.items()])
+    return {name: {"ms": t, "ratio_to_plain": ratio[name], "minor_page_faults": faults.get(name)}
+            for name, t in ms.items()}
 
 
 def sdpa_rows_by_length(args, dtype, h: int = 8, tokens: int = 77) -> dict:
@@ -325,6 +363,9 @@ def bench_region(args, dtype, device) -> dict:
     measure(rows, "naive", lambda: region.naive(q, k, v, region_map, tokens), flops, ref, args.repeats)
     measure(rows, "torch", lambda: region.torch_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
     measure(rows, "torch (cached plan)", lambda: region.torch_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
+    segments = gather_segments(k, v, plan, tokens, region.token_major(q))  # as MQD keeps them over a denoising loop
+    measure(rows, "torch (cached plan and K/V segments)",
+            lambda: region.torch_path(q, k, v, region_map, tokens, plan=plan, segments=segments), flops, ref, args.repeats)
     measure(rows, "masked SDPA", lambda: F.scaled_dot_product_attention(
         q, k, v, attn_mask=(region_map[:, None] == torch.arange(regions * tokens, device=device)[None] // tokens)),
         flops, ref, args.repeats)
@@ -350,12 +391,16 @@ def bench_region(args, dtype, device) -> dict:
     k_plain, v_plain = k[:, :, :tokens].contiguous(), v[:, :, :tokens].contiguous()
     kp_plain, vp_plain = kp[:, :, :tokens], vp[:, :, :tokens]
     # Region against plain, calls alternating (the goal's ratio; separate medians drift on a busy CPU).
+    segments_p = gather_segments(kp, vp, plan, tokens, region.token_major(qp))
+    side_faults: dict = {}
     side_by_side = interleaved({
         "plain": lambda: F.scaled_dot_product_attention(q, k_plain, v_plain),
         "torch": lambda: region.torch_path(q, k, v, region_map, tokens, plan=plan),
         "plain, processor layout": lambda: processor_rows(F.scaled_dot_product_attention(qp, kp_plain, vp_plain)),
         "torch, processor layout": lambda: processor_rows(region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)),
-    }, 2 * args.repeats)
+        "torch, processor layout, cached segments": lambda: processor_rows(
+            region.torch_path(qp, kp, vp, region_map, tokens, plan=plan, segments=segments_p)),
+    }, 2 * args.repeats, side_faults)
     plain_ms = side_by_side["plain"]
     rows = finish(rows)
     triton = next((r for r in rows if r["name"] == "triton (cached plan)" and r["ms"]), None)
@@ -365,8 +410,11 @@ def bench_region(args, dtype, device) -> dict:
               "plain_cross_attention_ms_processor_layout": side_by_side["plain, processor layout"],
               "torch_vs_plain_ratio_processor_layout":
                   side_by_side["torch, processor layout"] / side_by_side["plain, processor layout"],
+              "torch_cached_segments_vs_plain_ratio_processor_layout":
+                  side_by_side["torch, processor layout, cached segments"] / side_by_side["plain, processor layout"],
               "triton_vs_plain_ratio": triton["ms"] / plain_ms if triton else None,
-              "triton_packed_vs_plain_ratio": packed["ms"] / plain_ms if packed else None}
+              "triton_packed_vs_plain_ratio": packed["ms"] / plain_ms if packed else None,
+              "minor_page_faults_per_call": side_faults or None}
     if triton:  # launch overhead included: what a pipeline issuing one call after another sees
         plain_b2b = back_to_back(lambda: F.scaled_dot_product_attention(q, k_plain, v_plain), args.repeats)
         result["plain_cross_attention_ms_back_to_back"] = plain_b2b
@@ -464,7 +512,11 @@ def main(argv=None) -> dict:
             print(f"plain 77-token cross-attention: {data['plain_cross_attention_ms']:.3g} ms; "
                   f"region (torch, cached plan) / plain = {data['torch_vs_plain_ratio']:.2f}; in the processors' "
                   f"layout (B, N, H·D): {data['torch_vs_plain_ratio_processor_layout']:.2f} "
-                  f"(plain {data['plain_cross_attention_ms_processor_layout']:.3g} ms; calls alternating)"
+                  f"(with K/V segments gathered once, as MQD runs it: "
+                  f"{data['torch_cached_segments_vs_plain_ratio_processor_layout']:.2f}; "
+                  f"plain {data['plain_cross_attention_ms_processor_layout']:.3g} ms; calls alternating"
+                  + (f"; mean page faults per call, plain / region: {faults['plain, processor layout']:.0f} / "
+                     f"{faults['torch, processor layout']:.0f})" if (faults := data["minor_page_faults_per_call"]) else ")")
                   + (f"; region (triton, cached plan) / plain = {data['triton_vs_plain_ratio']:.2f} "
                      f"(back-to-back, launch overhead included: {data['triton_vs_plain_ratio_back_to_back']:.2f}), "
                      f"packed plan {data['triton_packed_vs_plain_ratio']:.2f}"
