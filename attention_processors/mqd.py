@@ -5,8 +5,9 @@ The pipeline passes the R prompts concatenated as encoder_hidden_states (B, R·T
 classifier-free-guidance negative half it passes the negative prompt R times; with
 `controller.shared_rows` set, those rows attend plainly to one copy (the same result, a fraction of
 the work). Keys and values depend only on the encoder states, which are fixed for a pipeline call,
-so they are projected once per layer and cached on the controller. Region maps and kernel plans
-come from the controller; the attention itself from `kernels.region_attention`.
+so they are projected once per layer and cached on the controller (with each chunk's segment for the
+torch path). Region maps and kernel plans come from the controller; the attention itself from
+`kernels.region_attention`.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ class MultiQueryDisentangledProcessor:
     def _segments(self, attn: Attention, query, key, value, plan):
         """Each chunk's keys and values for the torch path, gathered once per module, plan and query
         layout, kept in the module's `_keys_values` cache entry (so new keys start without them)."""
-        entry = self.controller.kv_cache[id(attn)]
+        entry, layout = self.controller.kv_cache[id(attn)], token_major(query)
         segments = entry[3]
-        if segments is None or segments.plan is not plan or segments.token_major != token_major(query):
-            segments = entry[3] = gather_segments(key, value, plan, self.controller.segment_length, token_major(query))
+        if segments is None or segments.plan is not plan or segments.token_major != layout:
+            segments = entry[3] = gather_segments(key, value, plan, self.controller.segment_length, layout)
         return segments
 
     def _keys_values(self, attn: Attention, encoder_hidden_states: torch.Tensor, shared: int):

@@ -104,9 +104,9 @@ def interleaved(fns: dict, repeats: int, faults: dict | None = None, block: int 
     """Median milliseconds of each fn, the calls alternating (on the CPU: a drift of the machine's speed
     during the run, which is large on a shared VM, then reaches every fn alike). On a GPU: `timed`.
     faults (CPU): filled with each fn's mean minor page faults per call (a few calls fault thousands of
-    pages, most none: the mean is what they cost). block: calls of one fn in a
-    row before the next fn's (the last of each block is timed), so each fn finds the memory its own
-    previous call freed: its time without the page faults that another fn's frees leave it."""
+    pages, most none: the mean is what they cost). block: calls of one fn in a row before the next
+    fn's, the last one timed; each timed call then finds at hand the memory its own previous call
+    freed, instead of memory the other fns' calls freed or gave back to the system."""
     if CUDA:
         return {name: timed(fn, repeats) for name, fn in fns.items()}
     times, faulted = {name: [] for name in fns}, {name: [] for name in fns}

@@ -211,9 +211,7 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
     n_regions = _check(q, k, region, segment_length)
     b, h, n, d = q.shape
     plan = plan or make_plan(region, b, n_regions)
-    if plan.packed:
-        raise ValueError("region torch path: a packed plan is for the Triton kernel; use make_plan(..., packed=False)")
-    if segments is None:
+    if segments is None:  # (refuses a packed plan)
         segments = gather_segments(k, v, plan, segment_length, token_major(q))
     elif segments.plan is not plan or segments.token_major != token_major(q):
         raise ValueError("region torch path: segments were gathered for another plan or query layout; "
