@@ -42,7 +42,7 @@ import time
 
 try:
     import resource
-except ImportError:  # not on Windows: no fault counts there
+except ImportError:  # Windows: no fault counts there
     resource = None
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU profiler's start/stop lines are noise here
@@ -120,7 +120,7 @@ def interleaved(fns: dict, repeats: int, faults: dict | None = None, block: int 
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
             faulted[name].append(minor_faults() - before)
-    if faults is not None:
+    if faults is not None and resource:  # without getrusage (Windows) no counts, rather than zeros
         faults.update({name: statistics.mean(f) for name, f in faulted.items()})
     return {name: statistics.median(t) for name, t in times.items()}
 
