@@ -9,7 +9,8 @@ were. The region a layer may repaint is its rough mask minus the visible pixels 
 that the mask only clips (`EditSettings.protect`). `LayeredSession` keeps the layers: start from a
 prompt or an image, add, remove or edit any layer (later layers that see the change are replayed:
 by default their own object's latents from memory on the new scene with the last harmonize steps
-re-run, or in full from their seeds; the others are carried over exactly), undo/redo, save/load.
+re-run, used only near what changed below, or in full from their seeds; the others are carried over
+exactly), undo/redo, save/load.
 
 It runs on SD-1.x-style UNets (the embedded default), SDXL-style UNets (two text encoders, added
 conditioning) and PixArt-style transformers (T5 with a padding mask).
@@ -67,8 +68,9 @@ class EditSettings:
     #                       0 protects nothing.
     replay: str = "memory"  # how a later layer that sees a removal/re-edit below it is brought up to date:
     #                         "memory": its own latents inside its object (from memory) spliced onto the new
-    #                         scene, then only the last `harmonize` steps re-run; "seed": re-run in full
-    #                         from its seed, prompt and mask (a new draw of the object)
+    #                         scene, then only the last `harmonize` steps re-run, and that result kept only
+    #                         near what changed below (farther than 2·dilate_px its pixels stay exact);
+    #                         "seed": re-run in full from its seed, prompt and mask (a new draw of the object)
 
     def __post_init__(self):
         if self.replay not in REPLAY_MODES:
@@ -340,6 +342,14 @@ def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.
     return ndimage.binary_dilation(keep) if keep.any() else keep
 
 
+def carry_weight(changed: np.ndarray, px: int) -> np.ndarray:
+    """(H, W) in [0, 1]: how much of a replayed layer's old pixels to keep, by the distance to the
+    nearest pixel that changed below it: 0 within px (at least 1), ramping to exactly 1 at 2·px and
+    beyond, where the layer was rendered on top of exactly the scene it now lies on."""
+    r = max(1, px)
+    return np.clip((ndimage.distance_transform_edt(~changed) - r) / r, 0, 1)
+
+
 def composite(previous: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     mixed = alpha[..., None] * new.astype(np.float32) + (1 - alpha[..., None]) * previous.astype(np.float32)
     out = np.round(mixed).astype(np.uint8)
@@ -490,7 +500,9 @@ class LayeredSession:
         no changed pixel below it is carried over: its pixels are exact (the composite there depends
         only on what lies below, which did not change) and its latents are spliced into the new scene.
         The others are brought up to date as `settings.replay` says: from memory (their own object's
-        latents on the new scene, the last harmonize steps re-run) or re-run from their seeds."""
+        latents on the new scene, the last harmonize steps re-run; the result is used only near what
+        changed below — within 2·dilate_px, feathered — and farther away the layer's pixels stay exact)
+        or re-run from their seeds."""
         layers = list(kept)
         s = self.settings
         for before, layer in zip(old, old[1:]):
@@ -498,7 +510,11 @@ class LayeredSession:
             region = overlay_alpha(layer.rough_mask, s.dilate_px) > 0
             if (changed & region).any():
                 memory = layer if s.replay == "memory" else None
-                layers.append(self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed, memory=memory))
+                new = self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed, memory=memory)
+                if memory is not None:  # away from what changed below, its pixels stay as they were
+                    image = composite(new.image, layer.image, carry_weight(changed, s.dilate_px) * region)
+                    new = replace(new, image=image, object_mask=object_pixels(layers[-1].image, image))
+                layers.append(new)
                 continue
             image = np.where(region[..., None], layer.image, layers[-1].image)
             m = self.pipe.latent_mask(layer.edit_mask, s)[0]

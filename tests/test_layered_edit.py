@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipelines.layered_edit import (EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning, SessionError,
-                                    main as layered_cli, overlay_alpha)
+                                    carry_weight, main as layered_cli, object_pixels, overlay_alpha)
 
 SETTINGS = EditSettings(height=32, width=32, steps=3)
 
@@ -91,7 +91,7 @@ def test_replay_modes_of_a_later_layer_that_sees_a_removal(sd1_components, mode)
     s.start_from_prompt("an empty scene of grass", seed=0)
     s.add_layer("a red circle", _box(4, 16, 4, 16), seed=1)
     s.add_layer("a blue square", _box(10, 26, 10, 26), seed=2)  # overlaps the circle: sees its removal
-    old = s.layers[2]
+    circle, old = s.layers[1], s.layers[2]
     assert old.object_mask.any()
     s.remove_layer(1)
     new, below = s.layers[1], s.layers[0]
@@ -108,8 +108,28 @@ def test_replay_modes_of_a_later_layer_that_sees_a_removal(sd1_components, mode)
         spliced = below.trajectory * (1 - own) + old.trajectory * own
         assert torch.equal(new.trajectory[:first + 1], spliced[:first + 1])
         assert not torch.equal(new.trajectory[first + 1:], spliced[first + 1:])  # the last steps re-ran
+        # ... and their result is used only near what changed below (the circle): farther than
+        # 2·dilate_px the square's pixels are exactly as they were, nearer they follow the re-run
+        changed = (below.image != circle.image).any(-1)
+        region = overlay_alpha(old.rough_mask, SETTINGS.dilate_px) > 0
+        weight = carry_weight(changed, SETTINGS.dilate_px) * region
+        far, near = weight == 1, region & (weight == 0)
+        assert far.any() and near.any() and (changed & region).any()
+        np.testing.assert_array_equal(new.image[far], old.image[far])
+        assert (new.image[near] != old.image[near]).any()
+        np.testing.assert_array_equal(new.object_mask, object_pixels(below.image, new.image))  # on the new scene
     with pytest.raises(ValueError, match="replay"):
         replace(SETTINGS, replay="sometimes")
+
+
+def test_carry_weight_ramps_from_the_change_to_exactly_one():
+    changed = np.zeros((20, 20), dtype=bool)
+    changed[10, 10] = True
+    weight = carry_weight(changed, 2)
+    assert weight[10, 10] == 0 and weight[10, 12] == 0  # within 2 px
+    assert 0 < weight[10, 13] < 1  # feathered between 2 and 4 px
+    assert weight[10, 14] == 1 and weight[0, 0] == 1  # exactly one from 4 px on
+    assert (carry_weight(changed, 0) == carry_weight(changed, 1)).all()  # at least one pixel
 
 
 def test_a_mask_that_clips_an_earlier_object_leaves_it_intact(session):
