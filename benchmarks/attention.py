@@ -298,6 +298,11 @@ def region_breakdown(args, dtype, device) -> dict:
         fns.update({
             f"chunks of {chunk}: SDPA over {n_chunks} chunks ({rows} rows)":
                 lambda a=(q_chunks, k_chunks, v_chunks): F.scaled_dot_product_attention(*a),
+            # not a region attention (every chunk reads region 0's keys): what the per-chunk K/V copies
+            # cost in memory traffic, against the row above with the same products
+            f"chunks of {chunk}: SDPA over the same chunks, all reading one K/V copy (stride 0)":
+                lambda a=(q_chunks, k_chunks[:1].expand_as(k_chunks), v_chunks[:1].expand_as(v_chunks)):
+                    F.scaled_dot_product_attention(*a),
             f"chunks of {chunk}: query rows gathered": gather_q,
             f"chunks of {chunk}: K/V segment per chunk": lambda segments=segments: (segments(k), segments(v)),
             f"chunks of {chunk}: output rows back": lambda out=out, plan=plan: out.index_select(0, plan.inverse),
