@@ -29,7 +29,8 @@ beforehand, as the MQD processor keeps them over a denoising loop) and, on the C
 minor_page_faults_per_call (mean, for each of the alternating calls); on GPU matmul_bf16_tflops (on
 the CPU: matmul_tflops, in the run's dtype), shapes.neighbour[] / shapes.region[] with --shapes; with
 --breakdown, region_breakdown.<piece>.{ms, ratio_to_plain, minor_page_faults} (the region torch path's
-pieces, timed alone; plain and the whole path also on the last of 4 calls in a row) and, on the CPU,
+pieces, timed alone, and the chunks' SDPA with every chunk reading one K/V copy, which prices the
+per-chunk copies; plain and the whole path also on the last of 4 calls in a row) and, on the CPU,
 sdpa_rows_by_length.<rows per sequence> (SDPA's time per query row, relative to the longest).
 """
 
