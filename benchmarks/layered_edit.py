@@ -21,9 +21,10 @@ new layer meets the scene at its border — what BCG is for) and seconds per edi
 the standard error over scenes (±). The removal rows remove layer 1 of each Strata (full) scene,
 once per replay mode of the later layers that see the change ("memory": their own object's latents
 on the new scene, only the last harmonize steps re-run and used only near what changed — the default;
-"seed": re-run in full from their seeds): removed object gone from its mask, of the other objects present before the removal
-the fraction still found after it, and seconds per removal. A second table gives Strata (full) minus each other method, paired
-by scene (same scenario, same seeds): the mean difference and its standard error.
+"seed": re-run in full from their seeds): removed object gone from its mask, of the other objects
+present before the removal the fraction still found after it, and seconds per removal. A second table
+gives Strata (full) minus each other method, paired by scene (same scenario, same seeds): the mean
+difference and its standard error.
 Time ratio: seconds per Strata edit / seconds per plain text-to-image generation (same model and
 steps: the regenerate row, whose generations run interleaved with the edits, scene by scene).
 

@@ -109,13 +109,16 @@ def test_replay_modes_of_a_later_layer_that_sees_a_removal(sd1_components, mode)
         assert torch.equal(new.trajectory[:first + 1], spliced[:first + 1])
         assert not torch.equal(new.trajectory[first + 1:], spliced[first + 1:])  # the last steps re-ran
         # ... and their result is used only near what changed below (the circle): farther than
-        # 2·dilate_px the square's pixels are exactly as they were, nearer they follow the re-run
+        # 2·dilate_px the square's pixels are exactly as they were, nearer they are the re-run's
         changed = (below.image != circle.image).any(-1)
         region = overlay_alpha(old.rough_mask, SETTINGS.dilate_px) > 0
         weight = carry_weight(changed, SETTINGS.dilate_px) * region
         far, near = weight == 1, region & (weight == 0)
         assert far.any() and near.any() and (changed & region).any()
         np.testing.assert_array_equal(new.image[far], old.image[far])
+        rerun = s._render_object(s.layers[:1], old.prompt, old.rough_mask, old.seed, memory=old)
+        assert torch.equal(rerun.trajectory, new.trajectory)
+        np.testing.assert_array_equal(new.image[near], rerun.image[near])
         assert (new.image[near] != old.image[near]).any()
         np.testing.assert_array_equal(new.object_mask, object_pixels(below.image, new.image))  # on the new scene
     with pytest.raises(ValueError, match="replay"):
