@@ -289,11 +289,9 @@ def region_breakdown(args, dtype, device) -> dict:
         def gather_q(plan=plan):
             return q.transpose(1, 2).reshape(b * n, h * d).index_select(0, plan.rows.clamp(min=0))
 
-        def segments(x, plan=plan):
-            x = x.unflatten(2, (regions, tokens)).transpose(1, 2).reshape(b * regions, h, tokens, d)
-            return x.index_select(0, plan.chunk_segment)
         q_chunks = gather_q().view(n_chunks, chunk, h, d).transpose(1, 2)
-        k_chunks, v_chunks = segments(k), segments(v)
+        segments = gather_segments(k, v, plan, tokens)
+        k_chunks, v_chunks = segments.k, segments.v
         out = F.scaled_dot_product_attention(q_chunks, k_chunks, v_chunks).transpose(1, 2).reshape(rows, h * d)
         q_long = gather_q()[None].view(1, rows, h, d).transpose(1, 2)
         fns.update({
@@ -305,7 +303,7 @@ def region_breakdown(args, dtype, device) -> dict:
                 lambda a=(q_chunks, k_chunks[:1].expand_as(k_chunks), v_chunks[:1].expand_as(v_chunks)):
                     F.scaled_dot_product_attention(*a),
             f"chunks of {chunk}: query rows gathered": gather_q,
-            f"chunks of {chunk}: K/V segment per chunk": lambda segments=segments: (segments(k), segments(v)),
+            f"chunks of {chunk}: K/V segment per chunk": lambda plan=plan: gather_segments(k, v, plan, tokens),
             f"chunks of {chunk}: output rows back": lambda out=out, plan=plan: out.index_select(0, plan.inverse),
             f"chunks of {chunk}: one SDPA over the {rows} rows, one segment (no chunking)":
                 lambda q_long=q_long: F.scaled_dot_product_attention(q_long, k[:, :, :tokens], v[:, :, :tokens]),

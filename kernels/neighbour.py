@@ -99,8 +99,8 @@ def _windowed(q, k, v, start: int, m: int, scale):
     lk = k.shape[3]
     order = torch.tensor([(start + j) % g for j in range(g + m - 1)], device=k.device)
     strides = ((g + m - 1) * lk * d, lk * d, d, 1)
-    keys = k.index_select(2, order).reshape(b * h, (g + m - 1) * lk, d).as_strided((b * h, g, m * lk, d), strides)
-    values = v.index_select(2, order).reshape(b * h, (g + m - 1) * lk, d).as_strided((b * h, g, m * lk, d), strides)
+    keys, values = (x.index_select(2, order).reshape(b * h, (g + m - 1) * lk, d).as_strided((b * h, g, m * lk, d), strides)
+                    for x in (k, v))
     out = F.scaled_dot_product_attention(q.reshape(b * h, g, lq, d), keys, values, scale=scale)
     return out.reshape(b, h, g, lq, d)
 
