@@ -27,11 +27,16 @@ gives Strata (full) minus each other method, paired by scene (same scenario, sam
 difference and its standard error.
 Time ratio: seconds per Strata edit / seconds per plain text-to-image generation (same model and
 steps: the regenerate row, whose generations run interleaved with the edits, scene by scene).
+--methods full,no-bcg (keys: full, no-mqd, no-bcg, blended, regenerate) runs a subset, for a paired
+comparison over many scenes at a fraction of the cost; Strata (full) and its removal rows always run,
+and the time ratio needs regenerate.
 
 JSON keys: machine, scenes, seed, rows.<method>.{edit_success, edit_success_se, retention, retention_se,
 background_psnr_db, seam_psnr_db, seconds_per_edit}, removal.<memory|seed>.{removed_gone, others_retained, seconds},
 margins.<method>.{edit_success, retention} = [mean, standard error] of Strata (full) minus that method
-paired by scene (null where no scene is scored on both sides), plain_seconds, time_ratio.
+paired by scene (null where no scene is scored on both sides), plain_seconds, time_ratio (null without
+regenerate), per_edit.mask_area[scene][edit] (the rough mask's fraction of the image) and
+per_edit.<method>[scene][edit].{success, kept, seam_psnr_db}, for pooling seeds or splitting by mask size.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ from world.flat import box_of, caption_for, sample_edit_scenario
 from world.oracle import object_inside_mask, read_image
 
 PSNR_CAP = 100.0
+METHODS = {"full": "Strata (full)", "no-mqd": "Strata w/o MQD", "no-bcg": "Strata w/o BCG",
+           "blended": "blended latent diffusion", "regenerate": "regenerate"}  # --methods key: row name
+STRATA_FLAGS = {"Strata (full)": {}, "Strata w/o MQD": {"mqd": False}, "Strata w/o BCG": {"bcg": False}}
 SCENES_PER_SEED = 10_000  # --seed S runs scenarios S·10⁴, S·10⁴ + 1, …: different seeds never overlap
 
 
@@ -178,10 +186,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="a comma-separated subset of " + ", ".join(METHODS) + " (default: all); "
+                             "full is always run, the others are paired against it")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if not 0 < args.scenes <= SCENES_PER_SEED:
         parser.error(f"--scenes: expected 1..{SCENES_PER_SEED}, got {args.scenes}")
+    chosen = {m.strip() for m in args.methods.split(",") if m.strip()}
+    if unknown := chosen - set(METHODS):
+        parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; expected a subset of {', '.join(METHODS)}")
+    methods = [name for key, name in METHODS.items() if key == "full" or key in chosen]
     pipe = load_pipeline(args.model, LayeredEditPipeline)
     pipe.set_progress_bar_config(disable=True)
     parts = dict(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
@@ -190,15 +205,17 @@ def main(argv=None) -> dict:
     for p in (inpaint, text2image):
         p.set_progress_bar_config(disable=True)
     settings = EditSettings(steps=args.steps)
-    methods = ["Strata (full)", "Strata w/o MQD", "Strata w/o BCG", "blended latent diffusion", "regenerate"]
     scores = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
     removal = {mode: {"gone": [], "kept": [], "seconds": []} for mode in REPLAY_MODES}
+    mask_area: list[list[float]] = []  # per scene, per edit: the rough mask's fraction of the image
     for s in tqdm(range(args.scenes), desc="scenes"):
         index = SCENES_PER_SEED * args.seed + s  # seeds S and S + 1 share no scene (seed 0: scenes 0, 1, …)
         scenario = sample_edit_scenario(index, resolution=settings.height)
         seed = 1000 * index
-        for method, flags in (("Strata (full)", {}), ("Strata w/o MQD", {"mqd": False}), ("Strata w/o BCG", {"bcg": False})):
+        for method, flags in STRATA_FLAGS.items():
+            if method not in methods:
+                continue
             background, images, secs, session = run_strata(pipe, scenario, seed, settings, **flags)
             scores[method].append(score_edits(images, scenario, background, settings.dilate_px))
             seconds[method] += secs
@@ -214,14 +231,18 @@ def main(argv=None) -> dict:
                     session.undo()
                     r["gone"].append(not found(after, scenario.layers[0]))
                     r["kept"] += [found(after, l) for l in others]
-        images, secs = run_blended(inpaint, full_background, scenario, seed, settings)
-        scores["blended latent diffusion"].append(score_edits(images, scenario, full_background, settings.dilate_px))
-        seconds["blended latent diffusion"] += secs
-        images, secs = run_regenerate(text2image, scenario, seed, settings)
-        scores["regenerate"].append(score_edits(images, scenario, full_background, settings.dilate_px))
-        seconds["regenerate"] += secs
+        if "blended latent diffusion" in methods:
+            images, secs = run_blended(inpaint, full_background, scenario, seed, settings)
+            scores["blended latent diffusion"].append(score_edits(images, scenario, full_background, settings.dilate_px))
+            seconds["blended latent diffusion"] += secs
+        if "regenerate" in methods:
+            images, secs = run_regenerate(text2image, scenario, seed, settings)
+            scores["regenerate"].append(score_edits(images, scenario, full_background, settings.dilate_px))
+            seconds["regenerate"] += secs
+        mask_area.append([float(layer.rough_mask.mean()) for layer in scenario.layers])
     rows = {m: summarise(scores[m], seconds[m]) for m in methods}
-    plain_seconds = rows["regenerate"]["seconds_per_edit"]  # plain generations, interleaved with the edits
+    # plain generations, interleaved with the edits (only when the regenerate row ran)
+    plain_seconds = rows["regenerate"]["seconds_per_edit"] if "regenerate" in rows else None
     removal = {mode: {"removed_gone": float(np.mean(r["gone"])),
                       "others_retained": float(np.mean(r["kept"])) if r["kept"] else 1.0,
                       "seconds": float(np.mean(r["seconds"]))} for mode, r in removal.items()}
@@ -238,11 +259,17 @@ def main(argv=None) -> dict:
     print_table("Strata (full) minus each method, paired by scene (mean ± standard error of the difference)",
                 ["method", "edit success", "retention"],
                 [[m, *(_margin_text(*d[key]) for key in ("success", "kept"))] for m, d in margins.items()])
-    ratio = rows["Strata (full)"]["seconds_per_edit"] / plain_seconds
-    print(f"time per Strata edit / plain generation: {ratio:.2f} (plain {plain_seconds:.3f} s)")
+    ratio = None
+    if plain_seconds is not None:
+        ratio = rows["Strata (full)"]["seconds_per_edit"] / plain_seconds
+        print(f"time per Strata edit / plain generation: {ratio:.2f} (plain {plain_seconds:.3f} s)")
     result = {"machine": machine(), "scenes": args.scenes, "seed": args.seed, "rows": rows, "removal": removal,
               "margins": {m: {"edit_success": d["success"], "retention": d["kept"]} for m, d in margins.items()},
-              "plain_seconds": plain_seconds, "time_ratio": ratio}
+              "plain_seconds": plain_seconds, "time_ratio": ratio,
+              "per_edit": {"mask_area": mask_area,
+                           **{m: [[{"success": bool(e["success"]), "kept": [bool(k) for k in e["kept"]],
+                                    "seam_psnr_db": float(e["seam"])} for e in edits] for edits in scores[m]]
+                              for m in methods}}}
     write_json(args.json, result)
     return result
 

@@ -52,3 +52,40 @@ def test_seam_psnr_reads_only_the_ring_just_outside_the_rough_mask():
     score = lambda image: score_edit(image, None, scenario, 0, [True], before, before, dilate_px=2)
     assert score(inside)["seam"] == 100.0 and score(far)["seam"] == 100.0 and score(far)["psnr"] < 100.0
     assert score(ring)["seam"] < 40.0
+
+
+def test_methods_flag_refuses_an_unknown_method_before_loading_anything(capsys):
+    from benchmarks.layered_edit import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--scenes", "1", "--methods", "full,no-bcg,bcg-only", "--model", "/nonexistent"])
+    assert exit_info.value.code == 2
+    assert "unknown bcg-only" in capsys.readouterr().err
+
+
+def test_pooling_runs_pairs_scenes_and_splits_by_mask_area():
+    from benchmarks.layered_edit_pool import pool
+
+    def edits(successes, kept=()):
+        return [{"success": s, "kept": list(kept) if i == len(successes) - 1 else [], "seam_psnr_db": 30.0}
+                for i, s in enumerate(successes)]
+
+    run_a = {"seed": 7, "per_edit": {"mask_area": [[0.1, 0.3], [0.2]],
+                                     "Strata (full)": [edits([True, True], kept=[True]), edits([False])],
+                                     "Strata w/o BCG": [edits([False, True], kept=[False]), edits([True])]}}
+    run_b = {"seed": 8, "per_edit": {"mask_area": [[0.05, 0.4]],
+                                     "Strata (full)": [edits([True, False])],
+                                     "Strata w/o BCG": [edits([False, False])],
+                                     "Strata w/o MQD": [edits([True, True])]}}  # only in one run: left out
+    result = pool([run_a, run_b])
+    assert list(result["methods"]) == ["Strata w/o BCG"]
+    row = result["methods"]["Strata w/o BCG"]
+    assert row["scenes"] == 3 and row["edits"] == 5
+    margin, se = row["success"]["margin"]  # per scene: (1 - 0.5), (0 - 1), (0.5 - 0)
+    assert margin == pytest.approx(0.0) and se == pytest.approx(np.std([0.5, -1, 0.5], ddof=1) / np.sqrt(3))
+    assert row["retention"]["margin"][0] == pytest.approx(1.0)  # only the first scene has something to retain
+    assert result["mask_area_median"] == pytest.approx(0.2)
+    small, large = row["success_margin_small_masks"], row["success_margin_large_masks"]
+    assert small["edits"] == 3 and small["margin"][0] == pytest.approx((1 - 1 + 1) / 3)  # areas 0.1, 0.2, 0.05
+    assert large["edits"] == 2 and large["margin"][0] == pytest.approx(0.0)  # areas 0.3, 0.4
+    with pytest.raises(ValueError, match="no per-edit results"):
+        pool([{"seed": 0, "rows": {}}])

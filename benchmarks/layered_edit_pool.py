@@ -1,0 +1,103 @@
+"""Pool several runs of benchmarks.layered_edit (different seeds) into one paired comparison.
+
+    python -m benchmarks.layered_edit_pool out/le_seed7.json out/le_seed8.json ... [--json pooled.json]
+
+Each run's JSON holds every edit's outcome (per_edit). This prints, for Strata (full) against each
+other method found in every run: edit success of both and the paired margin (full minus the method;
+mean over scenes and its standard error), retention the same way, and the seam PSNR; then the same
+success margin split by the rough mask's area, below and above the median over all edits (paired by
+edit, standard error over edits). Scenes from different seeds never overlap (see layered_edit), so
+pooling N seeds gives N times the scenes of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from benchmarks.common import print_table, write_json
+
+FULL = "Strata (full)"
+
+
+def _mean_se(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def _scene_success(edits) -> float:
+    return float(np.mean([e["success"] for e in edits]))
+
+
+def _scene_kept(edits) -> float:
+    kept = [k for e in edits for k in e["kept"]]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def pool(runs: list[dict]) -> dict:
+    """runs: the JSON results of benchmarks.layered_edit. Returns, per method paired with Strata
+    (full): success / retention / seam of both, the paired margins and the margin by mask size."""
+    for i, run in enumerate(runs):
+        if "per_edit" not in run or FULL not in run["per_edit"]:
+            raise ValueError(f"run {i}: no per-edit results for {FULL!r} (written by an older layered_edit?)")
+    methods = [m for m in runs[0]["per_edit"] if m not in ("mask_area", FULL) and all(m in r["per_edit"] for r in runs)]
+    areas = [a for r in runs for scene in r["per_edit"]["mask_area"] for a in scene]
+    median = float(np.median(areas)) if areas else float("nan")
+    out = {"runs": len(runs), "seeds": [r.get("seed") for r in runs], "mask_area_median": median, "methods": {}}
+    full_scenes = [s for r in runs for s in r["per_edit"][FULL]]
+    for method in methods:
+        scenes = [s for r in runs for s in r["per_edit"][method]]
+        area = [scene for r in runs for scene in r["per_edit"]["mask_area"]]
+        row = {"scenes": len(scenes), "edits": sum(len(s) for s in scenes)}
+        for key, per_scene in (("success", _scene_success), ("retention", _scene_kept)):
+            ours = np.array([per_scene(s) for s in full_scenes])
+            theirs = np.array([per_scene(s) for s in scenes])
+            row[key] = {"full": _mean_se(ours), "method": _mean_se(theirs), "margin": _mean_se(ours - theirs)}
+        row["seam_psnr_db"] = {"full": _mean_se([e["seam_psnr_db"] for s in full_scenes for e in s]),
+                               "method": _mean_se([e["seam_psnr_db"] for s in scenes for e in s])}
+        for part, keep in (("small", lambda a: a <= median), ("large", lambda a: a > median)):
+            diff = [float(f["success"]) - float(m["success"])
+                    for fs, ms, areas_s in zip(full_scenes, scenes, area)
+                    for f, m, a in zip(fs, ms, areas_s) if keep(a)]
+            row[f"success_margin_{part}_masks"] = {"edits": len(diff), "margin": _mean_se(diff)}
+        out["methods"][method] = row
+    return out
+
+
+def _pm(pair) -> str:
+    mean, se = pair
+    return f"{mean:+.3f} ± {se:.3f}"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="JSON files written by benchmarks.layered_edit --json")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    runs = []
+    for path in args.runs:
+        with open(path) as f:
+            runs.append(json.load(f))
+    result = pool(runs)
+    table = []
+    for method, row in result["methods"].items():
+        s, r = row["success"], row["retention"]
+        table.append([method, row["scenes"], f"{s['full'][0]:.3f} / {s['method'][0]:.3f}", _pm(s["margin"]),
+                      f"{r['full'][0]:.3f} / {r['method'][0]:.3f}", _pm(r["margin"]),
+                      f"{row['seam_psnr_db']['full'][0]:.1f} / {row['seam_psnr_db']['method'][0]:.1f}",
+                      _pm(row["success_margin_small_masks"]["margin"]), _pm(row["success_margin_large_masks"]["margin"])])
+    print_table(f"Strata (full) against each method, {result['runs']} runs pooled (seeds {result['seeds']}); "
+                f"masks split at the median area {result['mask_area_median']:.3f}",
+                ["method", "scenes", "success full / method", "success margin", "retention full / method",
+                 "retention margin", "seam dB full / method", "margin, small masks", "margin, large masks"], table)
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
