@@ -22,12 +22,13 @@ from benchmarks.common import print_table, write_json
 FULL = "Strata (full)"
 
 
-def _mean_se(values) -> tuple[float, float]:
+def _mean_se(values) -> tuple[float | None, float | None]:
+    """Mean and standard error, NaNs left out; None where there is nothing (mean) or one value (error)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     if len(v) == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+        return None, None
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
 
 
 def _scene_success(edits) -> float:
@@ -50,9 +51,9 @@ def pool(runs: list[dict]) -> dict:
     median = float(np.median(areas)) if areas else float("nan")
     out = {"runs": len(runs), "seeds": [r.get("seed") for r in runs], "mask_area_median": median, "methods": {}}
     full_scenes = [s for r in runs for s in r["per_edit"][FULL]]
+    area = [scene for r in runs for scene in r["per_edit"]["mask_area"]]
     for method in methods:
         scenes = [s for r in runs for s in r["per_edit"][method]]
-        area = [scene for r in runs for scene in r["per_edit"]["mask_area"]]
         row = {"scenes": len(scenes), "edits": sum(len(s) for s in scenes)}
         for key, per_scene in (("success", _scene_success), ("retention", _scene_kept)):
             ours = np.array([per_scene(s) for s in full_scenes])
@@ -70,8 +71,12 @@ def pool(runs: list[dict]) -> dict:
 
 
 def _pm(pair) -> str:
-    mean, se = pair
-    return f"{mean:+.3f} ± {se:.3f}"
+    mean, se = pair  # None: nothing to score (mean), or a single value (no spread)
+    return "-" if mean is None else f"{mean:+.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+
+def _both(values: dict, digits: int = 3) -> str:
+    return " / ".join("-" if values[side][0] is None else f"{values[side][0]:.{digits}f}" for side in ("full", "method"))
 
 
 def main(argv=None) -> dict:
@@ -87,9 +92,8 @@ def main(argv=None) -> dict:
     table = []
     for method, row in result["methods"].items():
         s, r = row["success"], row["retention"]
-        table.append([method, row["scenes"], f"{s['full'][0]:.3f} / {s['method'][0]:.3f}", _pm(s["margin"]),
-                      f"{r['full'][0]:.3f} / {r['method'][0]:.3f}", _pm(r["margin"]),
-                      f"{row['seam_psnr_db']['full'][0]:.1f} / {row['seam_psnr_db']['method'][0]:.1f}",
+        table.append([method, row["scenes"], _both(s), _pm(s["margin"]), _both(r), _pm(r["margin"]),
+                      _both(row["seam_psnr_db"], digits=1),
                       _pm(row["success_margin_small_masks"]["margin"]), _pm(row["success_margin_large_masks"]["margin"])])
     print_table(f"Strata (full) against each method, {result['runs']} runs pooled (seeds {result['seeds']}); "
                 f"masks split at the median area {result['mask_area_median']:.3f}",
