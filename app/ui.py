@@ -22,6 +22,7 @@ from PIL import Image
 
 from app.masks import rough_mask, upscale
 from app.sessions import SessionStore
+from kernels import region_cpp
 from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, SessionError
 from pipelines.loading import EMBEDDED, ModelLoadError, load_pipeline
 
@@ -212,6 +213,8 @@ def _apply(session: LayeredSession, action: str) -> LayeredSession:
 
 def build_app(model: str = EMBEDDED, store: SessionStore | None = None, settings: EditSettings | None = None) -> gr.Blocks:
     strata = StrataApp(model, store, settings)
+    # The fused CPU attention kernel compiles once per machine (~30 s): start it now, not on the first edit.
+    threading.Thread(target=region_cpp.available, name="strata-build-cpu-kernel", daemon=True).start()
     with gr.Blocks(title="Strata — layered editing") as demo:
         demo.strata = strata
         key = gr.State(lambda: uuid.uuid4().hex, time_to_live=strata.store.idle_seconds, delete_callback=strata.store.drop)

@@ -61,7 +61,8 @@ class MultiQueryDisentangledProcessor:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         else:
             plan = ctrl.region_plan(n_tokens, batch - shared, query.device)
-            on_torch = backend_for(query.device) == "torch"  # the fused kernel reads keys in place
+            # the fused kernels (triton, cpp) read keys in place; the torch path wants them per chunk
+            on_torch = backend_for(query.device, "region", dtype=query.dtype) == "torch"
             segments = self._segments(attn, query[shared:], key, value, plan) if on_torch else None
             out = region_attention(query[shared:], key, value, regions, ctrl.segment_length, plan=plan,
                                    segments=segments)

@@ -4,7 +4,8 @@
 
 One table per pattern, a row per implementation, all measured in one run on the same inputs:
 reference (the spec), naive (loop over groups/regions, concatenate, SDPA), torch (our CPU and
-fallback path), FlexAttention (compiled, where it runs), xformers (where installed), triton (on a
+fallback path), cpp (the fused C++ loop for region attention on the CPU in float32, where its
+extension builds), FlexAttention (compiled, where it runs), xformers (where installed), triton (on a
 GPU). Columns: time ratio to the naive path (> 1 is faster), median milliseconds, TFLOP/s (beside
 the machine's own rate on one large matrix product, printed at the end), peak extra memory beyond
 inputs and output (MiB), and max abs error against the float64 reference on the same inputs. On a
@@ -25,7 +26,8 @@ torch alternate call by call), triton_packed_vs_plain_ratio (GPU; a packed plan:
 segments), plain_cross_attention_ms_processor_layout and torch_vs_plain_ratio_processor_layout (q, k,
 v as views of (B, N, H·D) memory, output back to it, as the processors run it),
 torch_cached_segments_vs_plain_ratio_processor_layout (the same, each chunk's K/V segment gathered once
-beforehand, as the MQD processor keeps them over a denoising loop) and, on the CPU,
+beforehand, as the MQD processor keeps them over a denoising loop), cpp_vs_plain_ratio and
+cpp_vs_plain_ratio_processor_layout (the fused CPU loop; null where it does not run) and, on the CPU,
 minor_page_faults_per_call (mean, for each of the alternating calls); on GPU matmul_bf16_tflops (on
 the CPU: matmul_tflops, in the run's dtype), shapes.neighbour[] / shapes.region[] with --shapes; with
 --breakdown, region_breakdown.<piece>.{ms, ratio_to_plain, minor_page_faults} (the region torch path's
@@ -52,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import machine, print_table, write_json
-from kernels import blended, gather_segments, make_plan, neighbour, region, triton_available
+from kernels import blended, gather_segments, make_plan, neighbour, region, region_cpp, triton_available
 
 CUDA = torch.cuda.is_available()
 
@@ -392,6 +394,11 @@ def bench_region(args, dtype, device) -> dict:
     measure(rows, "torch (cached plan), processor layout", lambda: processor_rows(
         region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)).view(b, n, h, d).transpose(1, 2),
         flops, ref, args.repeats)
+    cpp = device == "cpu" and dtype == torch.float32 and region_cpp.available()
+    if cpp:  # no padding, no K/V copies; what the dispatcher runs on this CPU
+        measure(rows, "cpp (fused C++ loop, cached plan), processor layout", lambda: processor_rows(
+            region_cpp.cpp_path(qp, kp, vp, region_map, tokens, plan=plan)).view(b, n, h, d).transpose(1, 2),
+            flops, ref, args.repeats)
     k_plain, v_plain = k[:, :, :tokens].contiguous(), v[:, :, :tokens].contiguous()
     kp_plain, vp_plain = kp[:, :, :tokens], vp[:, :, :tokens]
     # Region against plain, calls alternating (the goal's ratio; separate medians drift on a busy CPU).
@@ -404,6 +411,9 @@ def bench_region(args, dtype, device) -> dict:
         "torch, processor layout": lambda: processor_rows(region.torch_path(qp, kp, vp, region_map, tokens, plan=plan)),
         "torch, processor layout, cached segments": lambda: processor_rows(
             region.torch_path(qp, kp, vp, region_map, tokens, plan=plan, segments=segments_p)),
+        **({"cpp": lambda: region_cpp.cpp_path(q, k, v, region_map, tokens, plan=plan),
+            "cpp, processor layout": lambda: processor_rows(region_cpp.cpp_path(qp, kp, vp, region_map, tokens, plan=plan))}
+           if cpp else {}),
     }, 2 * args.repeats, side_faults)
     plain_ms = side_by_side["plain"]
     rows = finish(rows)
@@ -416,6 +426,9 @@ def bench_region(args, dtype, device) -> dict:
                   side_by_side["torch, processor layout"] / side_by_side["plain, processor layout"],
               "torch_cached_segments_vs_plain_ratio_processor_layout":
                   side_by_side["torch, processor layout, cached segments"] / side_by_side["plain, processor layout"],
+              "cpp_vs_plain_ratio": side_by_side["cpp"] / plain_ms if cpp else None,
+              "cpp_vs_plain_ratio_processor_layout":
+                  side_by_side["cpp, processor layout"] / side_by_side["plain, processor layout"] if cpp else None,
               "triton_vs_plain_ratio": triton["ms"] / plain_ms if triton else None,
               "triton_packed_vs_plain_ratio": packed["ms"] / plain_ms if packed else None,
               "minor_page_faults_per_call": side_faults or None}
@@ -521,6 +534,9 @@ def main(argv=None) -> dict:
                   f"plain {data['plain_cross_attention_ms_processor_layout']:.3g} ms; calls alternating"
                   + (f"; mean page faults per call, plain / region: {faults['plain, processor layout']:.0f} / "
                      f"{faults['torch, processor layout']:.0f})" if (faults := data["minor_page_faults_per_call"]) else ")")
+                  + (f"; region (cpp, the fused C++ loop) / plain = {data['cpp_vs_plain_ratio']:.2f}, in the "
+                     f"processors' layout {data['cpp_vs_plain_ratio_processor_layout']:.2f}"
+                     if data["cpp_vs_plain_ratio"] else "")
                   + (f"; region (triton, cached plan) / plain = {data['triton_vs_plain_ratio']:.2f} "
                      f"(back-to-back, launch overhead included: {data['triton_vs_plain_ratio_back_to_back']:.2f}), "
                      f"packed plan {data['triton_packed_vs_plain_ratio']:.2f}"

@@ -1,8 +1,11 @@
 """Pick an implementation per call: triton on CUDA when triton imports, torch otherwise (and on CUDA
 wherever SDPA's own kernel measured faster: long neighbour calls and every blended call, `sdpa_wins`).
+Region attention on the CPU in float32 runs the fused C++ loop (`kernels.region_cpp`, "cpp") when its
+extension builds, else torch.
 
 The choice can be forced for a block of code (`with use_backend("torch"): …`), for the process
-(STRATA_ATTENTION_BACKEND=reference|torch|triton|naive), or per call (backend=…), and it is visible:
+(STRATA_ATTENTION_BACKEND=reference|torch|triton|naive|cpp), or per call (backend=…); "cpp" exists for
+region attention only, and the other patterns run torch under it. It is visible:
 `backend_for(device)` says what would run, and every call records what did (`last_backend()`).
 """
 
@@ -14,14 +17,14 @@ import os
 
 import torch
 
-from kernels import blended, neighbour, region
+from kernels import blended, neighbour, region, region_cpp
 
-BACKENDS = ("reference", "naive", "torch", "triton")
+BACKENDS = ("reference", "naive", "torch", "triton", "cpp")
 _IMPLEMENTATIONS = {
     "neighbour": {"reference": neighbour.reference, "naive": neighbour.naive, "torch": neighbour.torch_path,
                   "triton": neighbour.triton_path},
     "region": {"reference": region.reference, "naive": region.naive, "torch": region.torch_path,
-               "triton": region.triton_path},
+               "triton": region.triton_path, "cpp": region_cpp.cpp_path},
     "blended": {"reference": blended.reference, "naive": blended.naive, "torch": blended.torch_path,
                 "triton": blended.triton_path},
 }
@@ -52,14 +55,19 @@ def sdpa_wins(pattern: str, queries: int, head_dim: int) -> bool:
 
 
 def backend_for(device: torch.device | str, pattern: str | None = None, queries: int | None = None,
-                head_dim: int | None = None) -> str:
+                head_dim: int | None = None, dtype: torch.dtype | None = None) -> str:
     """The backend a call on this device would use now (pattern, queries, head_dim: the call's pattern
-    and shape, for the rule `sdpa_wins`)."""
+    and shape, for the rule `sdpa_wins`; dtype: region attention's fused CPU loop is float32 only).
+    Asking about region attention on the CPU builds the C++ extension if it is not built yet."""
     forced = _forced.get() or os.environ.get("STRATA_ATTENTION_BACKEND")
     if forced:
-        return _check_backend(forced)
+        name = _check_backend(forced)
+        return "torch" if name == "cpp" and pattern not in (None, "region") else name
     if triton_available() and torch.device(device).type == "cuda":
         return "torch" if pattern is not None and sdpa_wins(pattern, queries, head_dim) else "triton"
+    if (pattern == "region" and torch.device(device).type == "cpu" and dtype == torch.float32
+            and region_cpp.available()):
+        return "cpp"
     return "torch"
 
 
@@ -81,6 +89,8 @@ def last_backend(pattern: str | None = None):
 
 def _run(pattern: str, backend: str | None, device, *args, shape: tuple | None = None, **kwargs):
     name = _check_backend(backend) if backend else backend_for(device, pattern, *(shape or (None, None)))
+    if name not in _IMPLEMENTATIONS[pattern]:
+        raise ValueError(f"backend {name!r}: no {pattern} attention (it has {', '.join(_IMPLEMENTATIONS[pattern])})")
     record = dict(_last.get({}))
     record[pattern] = name
     _last.set(record)
@@ -103,10 +113,10 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
 def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None,
                      segments=None):
     """Token n of q attends to key segment region[n] only (see kernels.region). plan: a cached
-    `make_plan` for the torch and triton paths; segments: cached `gather_segments` for the torch path
-    (the others read k and v in place)."""
-    name = _check_backend(backend) if backend else backend_for(q.device)  # resolved once per call
-    extra = {"plan": plan} if plan is not None and name in ("torch", "triton") else {}
+    `make_plan` for the torch, triton and cpu paths; segments: cached `gather_segments` for the torch
+    path (the others read k and v in place)."""
+    name = _check_backend(backend) if backend else backend_for(q.device, "region", dtype=q.dtype)  # once per call
+    extra = {"plan": plan} if plan is not None and name in ("torch", "triton", "cpp") else {}
     if segments is not None and name == "torch":
         extra["segments"] = segments
     return _run("region", name, q.device, q, k, v, region, segment_length, scale, **extra)

@@ -7,8 +7,9 @@ token, and its output is zero (defined, never NaN).
 Shapes: q (B, H, N, D); k, v (B, H, R·T, D); region (N,) shared by the batch, or (B, N).
 Output (B, H, N, D).
 
-Both fast paths use a `RegionPlan`: tokens sorted by segment and padded to chunks of C rows that
-all share one segment, so each chunk is a small dense attention against one T-token segment.
+The torch and triton paths use a `RegionPlan`: tokens sorted by segment and padded to chunks of C
+rows that all share one segment, so each chunk is a small dense attention against one T-token
+segment (the fused CPU loop, `kernels.region_cpp`, reads the same plan's unpadded token order).
 The cost is (N + R·C)·T instead of R·N·T for a masked full product. A plan depends only on the
 region map, so a caller that keeps the map across steps builds it once; a caller whose keys stay
 the same too (MQD's prompts) also gathers each chunk's segment once (`gather_segments`).
@@ -83,8 +84,10 @@ class RegionPlan:
     """Tokens grouped by segment. rows: (n_chunks·C,) flat token index b·N + n, or -1 for padding;
     chunk_segment: (n_chunks,) flat segment index b·R + r (packed: the chunk's first segment);
     inverse: (B·N,) each token's position in rows, or n_chunks·C (one past the end, a zero row) for
-    uncovered tokens. Packed plans only: row_segment (n_chunks·C,) each row's segment (-1: padding)
-    and chunk_last (n_chunks,) the chunk's last segment."""
+    uncovered tokens. order: (covered tokens,) flat token indices sorted by segment, no padding, and
+    segment_offsets (B·R + 1,) where each segment starts in it (the fused CPU path reads these).
+    Packed plans only: row_segment (n_chunks·C,) each row's segment (-1: padding) and chunk_last
+    (n_chunks,) the chunk's last segment."""
 
     rows: torch.Tensor
     chunk_segment: torch.Tensor
@@ -94,6 +97,8 @@ class RegionPlan:
     batch: int
     tokens: int
     n_regions: int
+    order: torch.Tensor
+    segment_offsets: torch.Tensor
     row_segment: torch.Tensor | None = None
     chunk_last: torch.Tensor | None = None
 
@@ -135,8 +140,9 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | Non
     start_sorted = torch.cumsum(counts, 0) - counts
     n_covered = int(counts.sum())
     sorted_segment = segment[order[:n_covered]]
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     if packed:
-        return _packed_plan(order[:n_covered], sorted_segment, batch, n, n_regions, chunk)
+        return _packed_plan(order[:n_covered], sorted_segment, batch, n, n_regions, chunk, offsets)
     rank = torch.arange(n_covered, device=device) - start_sorted[sorted_segment]
     total = int(padded.sum())
     position = start_padded[sorted_segment] + rank
@@ -145,10 +151,11 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | Non
     inverse = torch.full((batch * n,), total, dtype=torch.long, device=device)
     inverse[order[:n_covered]] = position
     chunk_segment = torch.repeat_interleave(torch.arange(batch * n_regions, device=device), padded // chunk)
-    return RegionPlan(rows, chunk_segment, inverse, n_covered == batch * n, chunk, batch, n, n_regions)
+    return RegionPlan(rows, chunk_segment, inverse, n_covered == batch * n, chunk, batch, n, n_regions,
+                      order[:n_covered].contiguous(), offsets)
 
 
-def _packed_plan(order, sorted_segment, batch, n, n_regions, chunk) -> RegionPlan:
+def _packed_plan(order, sorted_segment, batch, n, n_regions, chunk, offsets) -> RegionPlan:
     device, n_covered = order.device, len(order)
     total = -(-n_covered // chunk) * chunk
     rows = torch.full((total,), -1, dtype=torch.long, device=device)
@@ -159,7 +166,7 @@ def _packed_plan(order, sorted_segment, batch, n, n_regions, chunk) -> RegionPla
     inverse[order] = torch.arange(n_covered, device=device)
     by_chunk = row_segment.view(-1, chunk)  # sorted, padding (-1) only at the very end
     return RegionPlan(rows, by_chunk[:, 0], inverse, n_covered == batch * n, chunk, batch, n, n_regions,
-                      row_segment=row_segment, chunk_last=by_chunk.max(1).values)
+                      order.contiguous(), offsets, row_segment=row_segment, chunk_last=by_chunk.max(1).values)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,22 @@ def test_mqd_gathers_each_chunks_keys_once_per_module_and_plan(monkeypatch):
         assert len(gathered) == 2
 
 
+def test_mqd_runs_the_fused_cpp_kernel_by_default_without_gathering_keys(monkeypatch):
+    from kernels import region_cpp
+    if not region_cpp.available():
+        pytest.skip(f"the C++ extension did not build: {region_cpp.unavailable_reason()}")
+    attn = _attention()
+    labels = torch.randint(0, 3, (6, 6), generator=torch.Generator().manual_seed(6))
+    processor = MultiQueryDisentangledProcessor(AttentionController((6, 6), labels, n_regions=3, segment_length=5,
+                                                                    shared_rows=1))
+    monkeypatch.setattr(mqd, "gather_segments", lambda *a: pytest.fail("the fused kernel reads keys in place"))
+    x, states = torch.randn(2, 36, 32), torch.randn(2, 15, 32)
+    out = processor(attn, x, states)
+    assert last_backend("region") == "cpp"
+    with use_backend("reference"):
+        torch.testing.assert_close(out, processor(attn, x, states), atol=1e-5, rtol=1e-5)
+
+
 def test_mqd_self_attention_is_untouched_and_wrong_prompt_count_is_an_error():
     attn = _attention(cross_dim=None)
     ctrl = AttentionController((4, 4), torch.zeros(4, 4, dtype=torch.long), n_regions=2, segment_length=5)
