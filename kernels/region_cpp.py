@@ -82,6 +82,7 @@ def cpp_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan 
     if plan.batch != b or plan.tokens != n or plan.n_regions != n_regions:
         raise ValueError(f"plan: built for batch {plan.batch}, {plan.tokens} tokens, {plan.n_regions} regions; "
                          f"the call has {b}, {n}, {n_regions}")
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    # BLAS reads keys and values as matrices: unit stride in D, and rows at least D apart
+    q, k, v = (x if x.stride(-1) == 1 and x.stride(-2) >= d else x.contiguous() for x in (q, k, v))
     return ext.region_forward(q, k, v, plan.order, plan.segment_offsets, segment_length,
                               d ** -0.5 if scale is None else float(scale), block)

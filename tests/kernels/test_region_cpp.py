@@ -50,6 +50,9 @@ def test_cpp_path_takes_any_plan_block_and_scale_and_a_shared_map():
     views = q[..., ::2], k[..., :20], v[..., 20:]  # a strided head dim (copied) and sliced ones (read as they are)
     expected = reference(*(x.double() for x in views), region, 77)
     assert (region_cpp.cpp_path(*views, region, 77).double() - expected).abs().max().item() <= ATOL
+    views = q, k[:, :, :1].expand_as(k), v  # every key the same row (stride 0 between keys): copied for BLAS
+    expected = reference(*(x.double() for x in views), region, 77)
+    assert (region_cpp.cpp_path(*views, region, 77).double() - expected).abs().max().item() <= ATOL
 
 
 def test_cpp_path_refuses_what_it_cannot_run():
