@@ -21,7 +21,7 @@ import torch
 
 from kernels.region import RegionPlan, _check, make_plan
 
-BLOCK = 256  # query rows per product: 128–512 measured alike, 64 slower (benchmarks/RESULTS.md)
+BLOCK = 256  # query rows per product: 64–512 measured alike (benchmarks/RESULTS.md); 256 keeps a block in L2
 SOURCE = Path(__file__).parent / "csrc" / "region_cpp.cpp"
 _CAPABILITY_FLAGS = {  # ATen's vector types follow CPU_CAPABILITY; the flags let the compiler emit them
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512",
