@@ -73,6 +73,7 @@ at::Tensor region_forward(const at::Tensor& q, const at::Tensor& k, const at::Te
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "region_forward: D must have stride 1");
   TORCH_CHECK(order.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong && order.is_contiguous() &&
               offsets.is_contiguous(), "region_forward: order and offsets must be contiguous int64");
+  TORCH_CHECK(T > 0 && block > 0, "region_forward: segment length and block must be positive");
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), R = k.size(2) / T;
   const int64_t int_max = std::numeric_limits<int>::max();
   TORCH_CHECK(k.stride(2) <= int_max && v.stride(2) <= int_max && T * block <= int_max && D * block <= int_max,

@@ -80,3 +80,10 @@ def test_dispatcher_runs_the_cpp_kernel_for_float32_region_attention_on_the_cpu(
     with use_backend("cpp"):  # forced: region runs it, the other patterns run torch
         assert backend_for("cpu", "region", dtype=torch.float32) == "cpp"
         assert backend_for("cpu", "neighbour", 64, 40) == "torch"
+
+
+def test_cpp_kernel_checks_its_own_arguments():
+    q, k, v, _ = _inputs(1, 2, 16, 8, 2, 4, seed=0)
+    plan = make_plan(torch.zeros(16, dtype=torch.long), 1, 2)
+    with pytest.raises(RuntimeError, match="must be positive"):
+        region_cpp.cpp_path(q, k, v, torch.zeros(16, dtype=torch.long), 4, plan=plan, block=0)
