@@ -17,6 +17,10 @@ def test_quick_attention_benchmark_writes_every_table(tmp_path, capsys):
     region = result["patterns"]["region"]
     assert region["torch_vs_plain_ratio"] > 0 and region["torch_vs_plain_ratio_processor_layout"] > 0
     assert region["torch_cached_segments_vs_plain_ratio_processor_layout"] > 0
+    from kernels import region_cpp
+    if not attention.CUDA and region_cpp.available():  # the fused CPU loop: a row and its ratios
+        assert any(row["name"].startswith("cpp") for row in region["rows"])
+        assert region["cpp_vs_plain_ratio"] > 0 and region["cpp_vs_plain_ratio_processor_layout"] > 0
     assert result["region_breakdown"]["plain"]["ratio_to_plain"] == 1.0
     assert result["region_breakdown"]["plain, 4 calls in a row"]["ratio_to_plain"] == 1.0
     if not attention.CUDA:  # fault counts are the CPU's (on a GPU the calls are timed by do_bench)
