@@ -62,10 +62,10 @@ class MultiQueryDisentangledProcessor:
         else:
             plan = ctrl.region_plan(n_tokens, batch - shared, query.device)
             # the fused kernels (triton, cpp) read keys in place; the torch path wants them per chunk
-            on_torch = backend_for(query.device, "region", dtype=query.dtype) == "torch"
-            segments = self._segments(attn, query[shared:], key, value, plan) if on_torch else None
+            backend = backend_for(query.device, "region", dtype=query.dtype)
+            segments = self._segments(attn, query[shared:], key, value, plan) if backend == "torch" else None
             out = region_attention(query[shared:], key, value, regions, ctrl.segment_length, plan=plan,
-                                   segments=segments)
+                                   backend=backend, segments=segments)
             if shared:  # the negative prompt, the same in every segment: plain attention on one copy
                 plain = F.scaled_dot_product_attention(query[:shared], k_shared, v_shared)
                 out = torch.cat([plain, out.to(plain.dtype)])

@@ -18,6 +18,7 @@ import json
 import numpy as np
 
 from benchmarks.common import print_table, write_json
+from benchmarks.layered_edit import paired_margin, scene_values
 
 FULL = "Strata (full)"
 
@@ -29,15 +30,6 @@ def _mean_se(values) -> tuple[float | None, float | None]:
     if len(v) == 0:
         return None, None
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
-
-
-def _scene_success(edits) -> float:
-    return float(np.mean([e["success"] for e in edits]))
-
-
-def _scene_kept(edits) -> float:
-    kept = [k for e in edits for k in e["kept"]]
-    return float(np.mean(kept)) if kept else float("nan")
 
 
 def pool(runs: list[dict]) -> dict:
@@ -55,10 +47,9 @@ def pool(runs: list[dict]) -> dict:
     for method in methods:
         scenes = [s for r in runs for s in r["per_edit"][method]]
         row = {"scenes": len(scenes), "edits": sum(len(s) for s in scenes)}
-        for key, per_scene in (("success", _scene_success), ("retention", _scene_kept)):
-            ours = np.array([per_scene(s) for s in full_scenes])
-            theirs = np.array([per_scene(s) for s in scenes])
-            row[key] = {"full": _mean_se(ours), "method": _mean_se(theirs), "margin": _mean_se(ours - theirs)}
+        for name, key in (("success", "success"), ("retention", "kept")):  # per scene, as layered_edit scores
+            row[name] = {"full": _mean_se(scene_values(full_scenes, key)), "method": _mean_se(scene_values(scenes, key)),
+                         "margin": paired_margin(full_scenes, scenes, key)}
         row["seam_psnr_db"] = {"full": _mean_se([e["seam_psnr_db"] for s in full_scenes for e in s]),
                                "method": _mean_se([e["seam_psnr_db"] for s in scenes for e in s])}
         for part, keep in (("small", lambda a: a <= median), ("large", lambda a: a > median)):

@@ -113,7 +113,7 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
 def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None,
                      segments=None):
     """Token n of q attends to key segment region[n] only (see kernels.region). plan: a cached
-    `make_plan` for the torch, triton and cpu paths; segments: cached `gather_segments` for the torch
+    `make_plan` for the torch, triton and cpp paths; segments: cached `gather_segments` for the torch
     path (the others read k and v in place)."""
     name = _check_backend(backend) if backend else backend_for(q.device, "region", dtype=q.dtype)  # once per call
     extra = {"plan": plan} if plan is not None and name in ("torch", "triton", "cpp") else {}

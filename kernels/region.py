@@ -137,10 +137,10 @@ def make_plan(region: torch.Tensor, batch: int, n_regions: int, chunk: int | Non
     counts = torch.bincount(segment, minlength=batch * n_regions + 1)[:-1]
     padded = (counts + chunk - 1) // chunk * chunk
     start_padded = torch.cumsum(padded, 0) - padded
-    start_sorted = torch.cumsum(counts, 0) - counts
-    n_covered = int(counts.sum())
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])  # where each segment starts, sorted
+    start_sorted = offsets[:-1]
+    n_covered = int(offsets[-1])
     sorted_segment = segment[order[:n_covered]]
-    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     if packed:
         return _packed_plan(order[:n_covered], sorted_segment, batch, n, n_regions, chunk, offsets)
     rank = torch.arange(n_covered, device=device) - start_sorted[sorted_segment]
