@@ -1,0 +1,3 @@
+from pipelines.layered_edit.cli import main
+
+main()

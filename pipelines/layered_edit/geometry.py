@@ -1,0 +1,91 @@
+"""Mask and pixel geometry of an edit: the rough mask as given, the feathered overlay, the pixels a
+layer changed, the earlier objects a mask only clips, and the weights of a replayed layer."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+
+
+class MaskResizedWarning(UserWarning):
+    """A rough mask of another size than the image was resized to fit."""
+
+
+
+def prepare_mask(mask, height: int, width: int, field_name: str = "rough_mask") -> np.ndarray:
+    """(H, W) bool from an array or PIL image (any non-zero pixel, or alpha, counts). A mask of another
+    size is resized (nearest) with a MaskResizedWarning; an empty mask is an error."""
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("RGBA"))[..., 3] if mask.mode in ("RGBA", "LA") else np.asarray(mask.convert("L"))
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask.max(-1)
+    if mask.ndim != 2:
+        raise ValueError(f"{field_name}: expected an (H, W) mask, got shape {mask.shape}")
+    mask = mask > 0
+    if mask.shape != (height, width):
+        warnings.warn(f"{field_name}: {mask.shape[1]}×{mask.shape[0]} mask resized to the image's {width}×{height}",
+                      MaskResizedWarning, stacklevel=3)
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
+    if not mask.any():
+        raise ValueError(f"{field_name}: the mask is empty; draw where the object should go")
+    return mask
+
+
+def overlay_alpha(rough_mask: np.ndarray, dilate_px: int) -> np.ndarray:
+    """Feathered alpha in [0, 1]: 1 on the mask, ramping to 0 within 2·dilate_px; exactly 0 beyond."""
+    m = torch.from_numpy(rough_mask.astype(np.float32))[None, None]
+    r = max(1, dilate_px)
+    grown = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+    soft = F.avg_pool2d(grown, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    return torch.maximum(soft, m)[0, 0].numpy()
+
+
+def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 48.0) -> np.ndarray:
+    """(H, W) bool: pixels a layer visibly changed (RGB distance above threshold), holes filled and
+    specks under 4 pixels dropped. This is the layer's object as far as later layers are concerned."""
+    changed = np.linalg.norm(after.astype(np.float32) - before.astype(np.float32), axis=-1) > threshold
+    changed = ndimage.binary_fill_holes(changed)
+    components, count = ndimage.label(changed)
+    if count:
+        sizes = ndimage.sum(changed, components, index=np.arange(1, count + 1))
+        changed = np.isin(components, 1 + np.flatnonzero(sizes >= 4))
+    return changed
+
+
+def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.ndarray:
+    """(H, W) bool: the visible pixels of earlier objects that rough_mask covers by at most `protect`
+    of their area, grown by one pixel. A pixel's owner is the last layer whose object covers it."""
+    keep = np.zeros(rough_mask.shape, dtype=bool)
+    if protect <= 0:
+        return keep
+    owner = np.zeros(rough_mask.shape, dtype=np.int64)
+    for j, layer in enumerate(below[1:], start=1):
+        owner[layer.object_mask] = j
+    for j in range(1, len(below)):
+        visible = owner == j
+        area = visible.sum()
+        if area and (visible & rough_mask).sum() <= protect * area:
+            keep |= visible
+    return ndimage.binary_dilation(keep) if keep.any() else keep
+
+
+def carry_weight(changed: np.ndarray, px: int) -> np.ndarray:
+    """(H, W) in [0, 1]: how much of a replayed layer's old pixels to keep, by the distance to the
+    nearest pixel that changed below it: 0 within px (at least 1), ramping to exactly 1 at 2·px and
+    beyond, where the layer was rendered on top of exactly the scene it now lies on."""
+    r = max(1, px)
+    return np.clip((ndimage.distance_transform_edt(~changed) - r) / r, 0, 1)
+
+
+def composite(previous: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    mixed = alpha[..., None] * new.astype(np.float32) + (1 - alpha[..., None]) * previous.astype(np.float32)
+    out = np.round(mixed).astype(np.uint8)
+    out[alpha == 0] = previous[alpha == 0]  # bit-exact where nothing was asked
+    return out
+

@@ -1,0 +1,228 @@
+"""`LayeredSession`: the layers of one scene, each edit a layer kept in memory.
+
+Start from a prompt or an image, add, remove or edit any layer (later layers that see the change
+are replayed: by default their own object's latents from memory on the new scene with the last
+harmonize steps re-run, used only near what changed below, or in full from their seeds; the others
+are carried over exactly), undo/redo, save/load. The region a layer may repaint is its rough mask
+minus the visible pixels of earlier objects that the mask only clips (`EditSettings.protect`); a
+feathered pixel overlay keeps pixels outside the dilated rough mask exactly as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from attention_processors import region_labels
+from pipelines.layered_edit.geometry import (carry_weight, composite, object_pixels, overlay_alpha, prepare_mask,
+                                             protected_pixels)
+from pipelines.layered_edit.pipeline import LayeredEditPipeline
+from pipelines.layered_edit.session_format import load_session, save_session
+from pipelines.layered_edit.settings import EditSettings, Layer
+
+
+@dataclass
+class LayeredSession:
+    """The layers of one scene (layer 0 is the background), with undo/redo and save/load."""
+
+    pipe: LayeredEditPipeline
+    settings: EditSettings = field(default_factory=EditSettings)
+    layers: list[Layer] = field(default_factory=list)
+    _undo: list[list[Layer]] = field(default_factory=list, repr=False)
+    _redo: list[list[Layer]] = field(default_factory=list, repr=False)
+    progress: bool = True
+
+    # -- reading
+
+    @property
+    def composite(self) -> np.ndarray:
+        if not self.layers:
+            raise ValueError("session: no scene yet; start one from a prompt or an image")
+        return self.layers[-1].image
+
+    def layer_images(self) -> list[np.ndarray]:
+        return [layer.image for layer in self.layers]
+
+    # -- changing (each validates first, so a bad call changes nothing)
+
+    def _commit(self, layers: list[Layer]) -> None:
+        self._undo.append(self.layers)
+        self._redo.clear()
+        self.layers = layers
+
+    def start_from_prompt(self, prompt: str, seed: int = 0, callback=None) -> np.ndarray:
+        prompt = _check_prompt(prompt)
+        trajectory, embeds = self.pipe.generate_layer([prompt], None, seed, self.settings, progress=self.progress,
+                                                      callback=callback)
+        full = np.ones((self.settings.height, self.settings.width), dtype=bool)
+        self._commit([Layer(prompt, seed, full, "prompt", trajectory, self.pipe.decode(trajectory[-1:]), embeds,
+                            full, np.zeros_like(full))])
+        return self.composite
+
+    def start_from_image(self, image, prompt: str = "", method: str = "inversion", seed: int = 0) -> np.ndarray:
+        image = _check_image(image, self.settings)
+        if method not in ("inversion", "noise"):
+            raise ValueError(f"method: expected 'inversion' or 'noise', got {method!r}")
+        latents = self.pipe.encode_image(image)
+        if method == "inversion":
+            trajectory = self.pipe.invert(latents, prompt, self.settings, progress=self.progress)
+        else:
+            trajectory = self.pipe.forward_noised(latents, seed, self.settings)
+        embeds = self.pipe._condition([prompt], "", self.settings)["embeds"]
+        full = np.ones(image.shape[:2], dtype=bool)
+        self._commit([Layer(prompt, seed, full, "image" if method == "inversion" else "noise", trajectory, image, embeds,
+                            full, np.zeros_like(full))])
+        return self.composite
+
+    def add_layer(self, prompt: str, rough_mask, seed: int = 0, callback=None) -> np.ndarray:
+        prompt = _check_prompt(prompt)
+        mask = prepare_mask(rough_mask, self.settings.height, self.settings.width)
+        if not self.layers:
+            raise ValueError("session: no scene yet; start one from a prompt or an image before adding layers")
+        self._commit(self.layers + [self._render_object(self.layers, prompt, mask, seed, callback)])
+        return self.composite
+
+    def remove_layer(self, index: int) -> np.ndarray:
+        self._check_index(index)
+        if index == 0:
+            raise ValueError("layer: the background (layer 0) cannot be removed; start a new scene instead")
+        self._commit(self._replay(self.layers[:index], self.layers[index:]))
+        return self.composite
+
+    def edit_layer(self, index: int, prompt: str | None = None, mask=None, seed: int | None = None) -> np.ndarray:
+        self._check_index(index)
+        old = self.layers[index]
+        prompt = old.prompt if prompt is None else _check_prompt(prompt)
+        seed = old.seed if seed is None else seed
+        if index == 0:
+            if mask is not None:
+                raise ValueError("mask: the background covers the whole image; it has no mask to edit")
+            if old.kind != "prompt":
+                raise ValueError("layer: a background from an image cannot be re-prompted; start a new scene")
+            trajectory, embeds = self.pipe.generate_layer([prompt], None, seed, self.settings, progress=self.progress)
+            first = [replace(old, prompt=prompt, seed=seed, trajectory=trajectory, embeds=embeds,
+                             image=self.pipe.decode(trajectory[-1:]))]
+        else:
+            new_mask = old.rough_mask if mask is None else prepare_mask(mask, self.settings.height, self.settings.width)
+            first = self.layers[:index] + [self._render_object(self.layers[:index], prompt, new_mask, seed)]
+        self._commit(self._replay(first, self.layers[index:]))
+        return self.composite
+
+    def undo(self) -> np.ndarray | None:
+        if not self._undo:
+            raise ValueError("undo: nothing to undo")
+        self._redo.append(self.layers)
+        self.layers = self._undo.pop()
+        return self.layers[-1].image if self.layers else None
+
+    def redo(self) -> np.ndarray | None:
+        if not self._redo:
+            raise ValueError("redo: nothing to redo")
+        self._undo.append(self.layers)
+        self.layers = self._redo.pop()
+        return self.composite
+
+    # -- the mechanics
+
+    def _render_object(self, below: list[Layer], prompt: str, mask: np.ndarray, seed: int, callback=None,
+                       memory: Layer | None = None) -> Layer:
+        """Render one object layer on top of `below`. memory: this layer's previous version, to bring it
+        up to date (replay "memory"): inside its old object its own latents, elsewhere the new scene's,
+        for the BCG phase; the last `harmonize` steps are re-run on that."""
+        s = self.settings
+        h, w = self.pipe.latent_size(s)
+        protected = protected_pixels(below, mask, s.protect)
+        edit = mask & ~protected
+        if not edit.any():  # the rough mask lies inside earlier objects: the new layer goes in front
+            edit, protected = mask, np.zeros_like(mask)
+        masks = [self.pipe.latent_mask(layer.edit_mask, s)[0, 0].cpu() for layer in below[1:]]
+        current = self.pipe.latent_mask(edit, s)
+        if s.mqd:
+            labels = region_labels(masks + [current[0, 0].cpu()], h, w)
+            prompts = [layer.prompt for layer in below] + [prompt]
+        else:
+            labels, prompts = None, [prompt]
+        start = None
+        if memory is not None:
+            own = self.pipe.latent_mask(memory.object_mask, s)[0]
+            start = below[-1].trajectory * (1 - own) + memory.trajectory * own
+        trajectory, embeds = self.pipe.generate_layer(prompts, labels, seed, s, background=below[-1].trajectory,
+                                                      mask=current, progress=self.progress, callback=callback,
+                                                      start=start)
+        new = self.pipe.decode(trajectory[-1:])
+        alpha = overlay_alpha(edit, s.dilate_px)
+        alpha[protected] = 0  # earlier objects keep their exact pixels
+        image = composite(below[-1].image, new, alpha)
+        return Layer(prompt, seed, mask, "object", trajectory, image, embeds, edit,
+                     object_pixels(below[-1].image, image))
+
+    def _replay(self, kept: list[Layer], old: list[Layer]) -> list[Layer]:
+        """Bring the layers after kept up to date. old[0] is the layer kept's last one replaces (or the
+        removed one), old[1:] the later layers, in order. A later layer whose dilated rough mask sees
+        no changed pixel below it is carried over: its pixels are exact (the composite there depends
+        only on what lies below, which did not change) and its latents are spliced into the new scene.
+        The others are brought up to date as `settings.replay` says: from memory (their own object's
+        latents on the new scene, the last harmonize steps re-run; the result is used only near what
+        changed below — within 2·dilate_px, feathered — and farther away the layer's pixels stay exact)
+        or re-run from their seeds."""
+        layers = list(kept)
+        s = self.settings
+        for before, layer in zip(old, old[1:]):
+            changed = (layers[-1].image != before.image).any(-1)
+            region = overlay_alpha(layer.rough_mask, s.dilate_px) > 0
+            if (changed & region).any():
+                memory = layer if s.replay == "memory" else None
+                new = self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed, memory=memory)
+                if memory is not None:  # away from what changed below, its pixels stay as they were
+                    image = composite(new.image, layer.image, carry_weight(changed, s.dilate_px) * region)
+                    new = replace(new, image=image, object_mask=object_pixels(layers[-1].image, image))
+                layers.append(new)
+                continue
+            image = np.where(region[..., None], layer.image, layers[-1].image)
+            m = self.pipe.latent_mask(layer.edit_mask, s)[0]
+            trajectory = layers[-1].trajectory * (1 - m) + layer.trajectory * m
+            layers.append(replace(layer, image=image, trajectory=trajectory,
+                                  object_mask=object_pixels(layers[-1].image, image)))
+        return layers
+
+    def _check_index(self, index: int) -> None:
+        if not isinstance(index, int) or not 0 <= index < len(self.layers):
+            raise IndexError(f"layer: no layer {index!r}; the session has {len(self.layers)} "
+                             f"(0 is the background, 1..{len(self.layers) - 1} the objects)")
+
+    # -- saving
+
+    def save(self, folder: str | Path) -> Path:
+        """A folder that `load` reads back bit-exact (format: `session_format`)."""
+        return save_session(folder, self.settings, self.layers, self.pipe.denoiser.config.in_channels)
+
+    @classmethod
+    def load(cls, pipe: LayeredEditPipeline, folder: str | Path, progress: bool = True) -> "LayeredSession":
+        settings, layers = load_session(pipe, folder)
+        return cls(pipe, settings, layers, progress=progress)
+
+
+def _check_prompt(prompt) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt: empty; say what the layer should contain, e.g. 'a red circle'")
+    return prompt.strip()
+
+
+def _check_image(image, settings: EditSettings) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        image = Image.open(image)
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+        if image.size != (settings.width, settings.height):
+            image = image.resize((settings.width, settings.height), Image.BICUBIC)
+        image = np.asarray(image)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    if image.shape[:2] != (settings.height, settings.width):
+        raise ValueError(f"image: expected {settings.width}×{settings.height}, got {image.shape[1]}×{image.shape[0]}")
+    return image
+

@@ -1,0 +1,56 @@
+"""What one edit is asked to do (`EditSettings`) and what the memory keeps of it (`Layer`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+REPLAY_MODES = ("memory", "seed")
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    height: int = 64
+    width: int = 64
+    steps: int = 20
+    guidance: float = 4.0
+    harmonize: float = 0.2  # last fraction of steps run without BCG, so the seam settles
+    negative_prompt: str = ""
+    mqd: bool = True
+    bcg: bool = True
+    dilate_px: int = 2  # pixels outside the mask dilated by this much (plus feathering) never change
+    protect: float = 0.5  # an earlier object a new rough mask covers by at most this fraction is kept
+    #                       (its pixels leave the edit region); above it the new layer may occlude it.
+    #                       0 protects nothing.
+    replay: str = "memory"  # how a later layer that sees a removal/re-edit below it is brought up to date:
+    #                         "memory": its own latents inside its object (from memory) spliced onto the new
+    #                         scene, then only the last `harmonize` steps re-run, and that result kept only
+    #                         near what changed below (farther than 2·dilate_px its pixels stay exact);
+    #                         "seed": re-run in full from its seed, prompt and mask (a new draw of the object)
+
+    def __post_init__(self):
+        if self.replay not in REPLAY_MODES:
+            raise ValueError(f"replay: expected one of {REPLAY_MODES}, got {self.replay!r}")
+        if not 0 <= self.harmonize <= 1:
+            raise ValueError(f"harmonize: expected a fraction in [0, 1], got {self.harmonize!r}")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the memory. trajectory: (steps + 1, C, h, w) latents of the composite scene after
+    this layer, trajectory[k] after k steps; image: (H, W, 3) uint8 composite; rough_mask: (H, W) bool,
+    as the user drew it; edit_mask: the part of it the layer was allowed to repaint (the rough mask
+    minus protected earlier objects); object_mask: the pixels the layer visibly changed (its object)."""
+
+    prompt: str
+    seed: int
+    rough_mask: np.ndarray
+    kind: str  # "prompt" (generated), "image" (DDIM inversion), "noise" (forward noising), "object"
+    trajectory: torch.Tensor
+    image: np.ndarray
+    embeds: torch.Tensor  # (1, T, C) prompt embeddings
+    edit_mask: np.ndarray
+    object_mask: np.ndarray
+
