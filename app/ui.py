@@ -1,286 +1,54 @@
-"""The layered-editing tab: start a scene, draw rough masks, add / remove / re-edit layers.
+"""The Strata app: one `gr.Blocks` with a tab per capability, each tab from its own builder.
 
-`StrataApp` holds the models and the session store; its methods are the callbacks, each a thin
-call into `pipelines.layered_edit.LayeredSession`. Errors become a message in the UI, never a
-traceback, and leave the session as it was.
+`build_app` lays out what the tabs share (the title, the model field) and calls each tab's builder;
+the callbacks live with their tab (`app.layered`). `python -m app` and the Space's `app.py` both
+launch what it returns.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import threading
-import uuid
-import warnings
-import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
-from PIL import Image
 
-from app.masks import rough_mask, upscale
+from app.layered import LayeredTab, build_layered_tab
+from app.models import ModelCache
 from app.sessions import SessionStore
 from kernels import region_cpp
-from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, SessionError
-from pipelines.loading import EMBEDDED, ModelLoadError, load_pipeline
+from pipelines.layered_edit import EditSettings, LayeredEditPipeline
+from pipelines.loading import EMBEDDED, ModelLoadError
 
-DISPLAY = 4  # the editor shows the scene this many times larger
 MAX_UPLOAD = "5mb"
 # Scenes are small: show them enlarged with hard pixel edges.
 CSS = "#composite img, #layers img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
-# the app's words for EditSettings.replay
-REPLAY_CHOICES = {"keep their objects (from memory, fast)": "memory", "re-draw them from their seeds": "seed"}
-USER_ERRORS = (ValueError, IndexError, SessionError, ModelLoadError, OSError, zipfile.BadZipFile)
 
 
-class StrataApp:
-    def __init__(self, model: str = EMBEDDED, store: SessionStore | None = None, settings: EditSettings | None = None):
-        self.default_model = model
-        self.store = store or SessionStore()
-        self.settings = settings or EditSettings()
-        self._models: dict[str, LayeredEditPipeline] = {}
-        self._models_lock = threading.Lock()
-        # One generation at a time: a pipeline's processors and scheduler are shared state, and a
-        # session keeps the pipeline it started with whatever model is selected later.
-        self._generation_lock = threading.Lock()
-        self.workdir = Path(tempfile.mkdtemp(prefix="strata-app-"))
-
-    # -- models
-
-    def model(self, name: str) -> LayeredEditPipeline:
-        name = (name or self.default_model).strip() or EMBEDDED
-        with self._models_lock:
-            if name not in self._models:
-                pipe = load_pipeline(name, LayeredEditPipeline)
-                pipe.set_progress_bar_config(disable=True)
-                self._models[name] = pipe
-            return self._models[name]
-
-    def load_model(self, name: str):
-        try:
-            pipe = self.model(name)
-        except USER_ERRORS as err:
-            return f"⚠️ {err}"
-        return f"Model ready: `{name or self.default_model}` ({type(pipe.denoiser).__name__})"
-
-    # -- rendering the session into the UI
-
-    def _view(self, session: LayeredSession | None, message: str = ""):
-        if session is None or not session.layers:
-            return None, None, [], message
-        image = session.composite
-        gallery = [(upscale(im, 2), f"{i}: {layer.prompt}") for i, (im, layer) in enumerate(zip(session.layer_images(), session.layers))]
-        editor = {"background": upscale(image, DISPLAY), "layers": [], "composite": None}
-        return editor, image, gallery, message
-
-    def _session(self, key: str | None) -> LayeredSession:
-        session = self.store.get(key)
-        if session is None:
-            raise ValueError("session: no scene yet (or it expired); start one from a prompt or an image")
-        return session
-
-    def _run(self, key, model_name, work, progress=None):
-        """Run work(pipe, callback) under the generation lock; store the session it returns; view it."""
-        notes = []
-        try:
-            pipe = self.model(model_name)
-            callback = (lambda i, n: progress(i / n, desc=f"denoising {i}/{n}")) if progress is not None else None
-            with self._generation_lock, warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                session = work(pipe, callback)
-            notes = [str(w.message) for w in caught if "mask" in str(w.message)]
-            self.store.put(key, session)
-        except USER_ERRORS as err:  # the message only: the strokes and the scene stay as they were
-            gr.Warning(str(err))
-            return gr.skip(), gr.skip(), gr.skip(), f"⚠️ {err}"
-        return self._view(session, " ".join(notes))
-
-    # -- callbacks
-
-    def start_from_prompt(self, key, model_name, prompt, seed, progress=gr.Progress()):
-        def work(pipe, callback):
-            session = LayeredSession(pipe, self.settings, progress=False)
-            session.start_from_prompt(prompt, int(seed), callback=callback)
-            return session
-        return self._run(key, model_name, work, progress)
-
-    def start_from_image(self, key, model_name, image, method, progress=gr.Progress()):
-        def work(pipe, callback):
-            if image is None:
-                raise ValueError("image: upload a picture first")
-            session = LayeredSession(pipe, self.settings, progress=False)
-            picture = Image.fromarray(np.asarray(image)).convert("RGB")
-            session.start_from_image(picture, "", "inversion" if method.startswith("DDIM") else "noise")
-            return session
-        return self._run(key, model_name, work, progress)
-
-    def add_layer(self, key, model_name, editor, prompt, seed, use_box, progress=gr.Progress()):
-        def work(pipe, callback):
-            session = self._copy(key)
-            mask = rough_mask(editor, self.settings.height, self.settings.width, use_box)
-            session.add_layer(prompt, mask, int(seed), callback=callback)
-            return session
-        return self._run(key, model_name, work, progress)
-
-    def remove_layer(self, key, model_name, index, replay=None, progress=gr.Progress()):
-        def work(pipe, callback):
-            session = self._copy(key, replay)
-            session.remove_layer(_index(index))
-            return session
-        return self._run(key, model_name, work, progress)
-
-    def edit_layer(self, key, model_name, index, editor, prompt, use_box, replay=None,
-                   progress=gr.Progress()):
-        def work(pipe, callback):
-            session = self._copy(key, replay)
-            try:
-                mask = rough_mask(editor, self.settings.height, self.settings.width, use_box)
-            except ValueError:
-                mask = None  # nothing drawn: keep the layer's mask
-            session.edit_layer(_index(index), prompt=prompt or None, mask=mask)
-            return session
-        return self._run(key, model_name, work, progress)
-
-    def undo(self, key, model_name):
-        return self._run(key, model_name, lambda pipe, cb: _apply(self._copy(key), "undo"))
-
-    def redo(self, key, model_name):
-        return self._run(key, model_name, lambda pipe, cb: _apply(self._copy(key), "redo"))
-
-    def _copy(self, key, replay: str | None = None) -> LayeredSession:
-        """A shallow copy, so a failing edit leaves the stored session untouched; replay: one of
-        REPLAY_CHOICES, how later layers that see a removal or re-edit are brought up to date."""
-        s = self._session(key)
-        settings = s.settings
-        if replay is not None:
-            if replay not in REPLAY_CHOICES:
-                raise ValueError(f"replay: expected one of {list(REPLAY_CHOICES)}, got {replay!r}")
-            settings = replace(settings, replay=REPLAY_CHOICES[replay])
-        return LayeredSession(s.pipe, settings, list(s.layers), list(s._undo), list(s._redo), progress=False)
-
-    def _file_from_session(self, key, write):
-        """(file, status) from write(session, folder), or (None, warning) when there is no session."""
-        try:
-            session = self._session(key)
-        except USER_ERRORS as err:
-            gr.Warning(str(err))
-            return None, f"⚠️ {err}"
-        return write(session, self.workdir / uuid.uuid4().hex)
-
-    def download_session(self, key):
-        def write(session, folder):
-            session.save(folder / "session")
-            archive = shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
-            return archive, "Session saved: upload this zip later to resume."
-        return self._file_from_session(key, write)
-
-    def upload_session(self, key, model_name, file):
-        def work(pipe, callback):
-            if file is None:
-                raise ValueError("session: choose a session zip to upload")
-            folder = self.workdir / uuid.uuid4().hex
-            with zipfile.ZipFile(file) as archive:
-                for name in archive.namelist():
-                    if name.startswith("/") or ".." in Path(name).parts:
-                        raise SessionError(f"session zip: unsafe path {name!r}")
-                archive.extractall(folder)
-            return LayeredSession.load(pipe, folder, progress=False)
-        return self._run(key, model_name, work)
-
-    def export_png(self, key):
-        def write(session, folder):
-            folder = folder / "strata-export"
-            folder.mkdir(parents=True)
-            Image.fromarray(session.composite).save(folder / "composite.png")
-            for i, image in enumerate(session.layer_images()):
-                Image.fromarray(image).save(folder / f"layer_{i:02d}.png")
-            return shutil.make_archive(str(folder), "zip", folder), "Exported the composite and every layer as PNG."
-        return self._file_from_session(key, write)
-
-
-def _index(value) -> int:
-    if value is None or value == "":
-        raise ValueError("layer: select a layer in the list first")
-    return int(value)
-
-
-def _apply(session: LayeredSession, action: str) -> LayeredSession:
-    getattr(session, action)()
-    return session
+def load_model(models: ModelCache, name: str) -> str:
+    """The model field's "Load model": load it now (it is cached) and say what it is."""
+    try:
+        pipe = models.get(name, LayeredEditPipeline)
+    except (ModelLoadError, ValueError, OSError) as err:
+        return f"⚠️ {err}"
+    return f"Model ready: `{name or models.default}` ({type(pipe.denoiser).__name__})"
 
 
 def build_app(model: str = EMBEDDED, store: SessionStore | None = None, settings: EditSettings | None = None) -> gr.Blocks:
-    strata = StrataApp(model, store, settings)
     # The fused CPU attention kernel compiles once per machine (~30 s): start it now, not on the first edit.
     threading.Thread(target=region_cpp.available, name="strata-build-cpu-kernel", daemon=True).start()
+    models = ModelCache(model)
+    layered = LayeredTab(models, Path(tempfile.mkdtemp(prefix="strata-app-")), store, settings)
     with gr.Blocks(title="Strata — layered editing") as demo:
-        demo.strata = strata
-        key = gr.State(lambda: uuid.uuid4().hex, time_to_live=strata.store.idle_seconds, delete_callback=strata.store.drop)
+        demo.strata = layered
         gr.Markdown("# Strata — layered editing\nStart a scene, paint a rough mask where a new object should go, "
                     "describe it, and add it as a layer. Every layer can be removed or re-edited later.")
         with gr.Row():
             model_name = gr.Textbox(value=model, label="Model: 'embedded', a local diffusers folder, or a hub id", scale=4)
             load = gr.Button("Load model", scale=1)
+        model_status = gr.Markdown()
+        load.click(lambda name: load_model(models, name), model_name, model_status, api_name="load_model")
         with gr.Tab("Layered editing"):
-            with gr.Row():
-                with gr.Column():
-                    scene_prompt = gr.Textbox(value="an empty scene of grass", label="Scene prompt")
-                    scene_seed = gr.Number(value=0, precision=0, label="Scene seed")
-                    start = gr.Button("Start from prompt", variant="primary", elem_id="start-prompt")
-                    upload = gr.Image(label="…or start from your own image", type="numpy", sources=["upload"])
-                    method = gr.Radio(["DDIM inversion", "forward noising (fast)"], value="DDIM inversion", label="Image to layer 0")
-                    start_image = gr.Button("Start from image")
-                with gr.Column(scale=2):
-                    editor = gr.ImageEditor(label="Paint a rough mask", type="numpy", image_mode="RGBA", sources=[],
-                                            transforms=[], layers=False, elem_id="mask-editor",
-                                            brush=gr.Brush(default_size=24, colors=["#ff00ff"], color_mode="fixed"),
-                                            canvas_size=(strata.settings.width * DISPLAY, strata.settings.height * DISPLAY),
-                                            format="png")
-                    with gr.Row():
-                        layer_prompt = gr.Textbox(value="a red circle", label="Layer prompt", scale=3)
-                        layer_seed = gr.Number(value=1, precision=0, label="Seed", scale=1)
-                        use_box = gr.Checkbox(value=False, label="Use the strokes' bounding box", scale=1)
-                    with gr.Row():
-                        add = gr.Button("Add layer", variant="primary", elem_id="add-layer")
-                        undo = gr.Button("Undo", elem_id="undo")
-                        redo = gr.Button("Redo", elem_id="redo")
-                with gr.Column():
-                    composite = gr.Image(label="Composite", type="numpy", interactive=False, elem_id="composite",
-                                         format="png", height=280)  # lossless: what you see is the session's pixels
-                    layers = gr.Gallery(label="Layers (select one to remove or re-edit)", columns=3, height=260,
-                                        elem_id="layers", format="png")
-                    selected = gr.Number(value=None, precision=0, label="Selected layer", interactive=False)
-                    with gr.Row():
-                        remove = gr.Button("Remove layer", elem_id="remove-layer")
-                        reedit = gr.Button("Re-edit layer (prompt and/or new mask)")
-                    replay = gr.Radio(list(REPLAY_CHOICES), value=next(iter(REPLAY_CHOICES)),
-                                      label="Later layers whose mask sees the change")
-            message = gr.Markdown(elem_id="message")
-            with gr.Row():
-                save = gr.Button("Download session")
-                export = gr.Button("Export PNGs")
-                files = gr.File(label="Files", interactive=False)
-                resume = gr.File(label="Upload a session zip to resume", file_types=[".zip"], type="filepath")
-
-        view = [editor, composite, layers, message]
-        load.click(strata.load_model, model_name, message, api_name="load_model")
-        start.click(strata.start_from_prompt, [key, model_name, scene_prompt, scene_seed], view, api_name="start_from_prompt")
-        start_image.click(strata.start_from_image, [key, model_name, upload, method], view, api_name="start_from_image")
-        add.click(strata.add_layer, [key, model_name, editor, layer_prompt, layer_seed, use_box], view, api_name="add_layer")
-        remove.click(strata.remove_layer, [key, model_name, selected, replay], view, api_name="remove_layer")
-        reedit.click(strata.edit_layer, [key, model_name, selected, editor, layer_prompt, use_box, replay], view,
-                     api_name="edit_layer")
-        undo.click(strata.undo, [key, model_name], view, api_name="undo")
-        redo.click(strata.redo, [key, model_name], view, api_name="redo")
-        layers.select(_selected_index, None, selected, api_name=False)
-        save.click(strata.download_session, key, [files, message], api_name="download_session")
-        export.click(strata.export_png, key, [files, message], api_name="export_png")
-        resume.upload(strata.upload_session, [key, model_name, resume], view, api_name="upload_session")
+            build_layered_tab(layered, model_name)
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
-
-
-def _selected_index(evt: gr.SelectData):
-    return evt.index

@@ -22,9 +22,9 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from app.sessions import SessionStore
-from app.ui import CSS, DISPLAY, MAX_UPLOAD, build_app
+from app.layered import DISPLAY
+from app.ui import CSS, MAX_UPLOAD, build_app
 from benchmarks.common import machine, print_table, write_json
-from pipelines.layered_edit import EditSettings
 
 
 def _free_port() -> int:
@@ -49,8 +49,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    settings = EditSettings()
-    demo = build_app(args.model, SessionStore(max_sessions=args.clients * 2), settings)
+    demo = build_app(args.model, SessionStore(max_sessions=args.clients * 2))
+    settings = demo.strata.settings  # the model's own size
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 max_file_size=MAX_UPLOAD, css=CSS)

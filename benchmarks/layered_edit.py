@@ -105,7 +105,7 @@ def score_edit(image, reading, scenario, i, present, background, previous, dilat
 
 
 def run_strata(pipe, scenario, seed, settings, **flags):
-    session = LayeredSession(pipe, EditSettings(**{**settings.__dict__, **flags}), progress=False)
+    session = LayeredSession(pipe, replace(settings, **flags))
     background = session.start_from_prompt(scenario.background_prompt, seed).copy()
     images, seconds = [], []
     for k, layer in enumerate(scenario.layers):
@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
     inpaint, text2image = StableDiffusionInpaintPipeline(**parts), StableDiffusionPipeline(**parts)
     for p in (inpaint, text2image):
         p.set_progress_bar_config(disable=True)
-    settings = EditSettings(steps=args.steps)
+    settings = EditSettings(steps=args.steps).sized_for(pipe)
     scores = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
     removal = {mode: {"gone": [], "kept": [], "seconds": []} for mode in REPLAY_MODES}

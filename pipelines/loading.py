@@ -6,11 +6,14 @@ default, instead of a stack of connection errors.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 EMBEDDED = "embedded"
@@ -55,18 +58,26 @@ def load_pipeline(model: str | os.PathLike | None = EMBEDDED, pipeline_class: ty
     """Load a pipeline of pipeline_class from the embedded default, a local folder or a hub id.
 
     Weights load as float32 unless `dtype` says otherwise: the shipped files are fp16, and
-    transformers would otherwise keep the text encoder in fp16 beside a float32 UNet.
+    transformers would otherwise keep the text encoder in fp16 beside a float32 UNet. A pipeline
+    class with a `required_scheduler` gets one made from the folder's scheduler config when the
+    folder's is another kind (SD-1.5 ships PNDM), and the log says so.
     """
     source = resolve_model(model)
     kwargs.setdefault("dtype", torch.float32)
     if not Path(source).exists():
         kwargs.setdefault("local_files_only", os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"))
     try:
-        return pipeline_class.from_pretrained(source, **kwargs)
+        pipe = pipeline_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         if Path(source).exists():
             raise ModelLoadError(f"model: could not load the diffusers folder {source}: {err}") from err
         raise ModelLoadError(_offline_message(source, err)) from err
+    required = getattr(pipeline_class, "required_scheduler", None)
+    if required is not None and not isinstance(pipe.scheduler, required):
+        logger.warning("model %s: its %s replaced by a %s made from the same config (%s needs one)", model,
+                       type(pipe.scheduler).__name__, required.__name__, pipeline_class.__name__)
+        pipe.scheduler = required.from_config(pipe.scheduler.config)
+    return pipe
 
 
 def load_controlnet(model: str | os.PathLike | None = EMBEDDED, **kwargs) -> ControlNetModel:

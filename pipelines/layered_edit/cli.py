@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     base = Path(args.script).parent
     pipe = load_pipeline(args.model or script.get("model", "embedded"), LayeredEditPipeline)
     pipe.set_progress_bar_config(disable=True)
-    session = LayeredSession(pipe, EditSettings(**script.get("settings", {})), progress=False)
+    session = LayeredSession(pipe, EditSettings(**script.get("settings", {})))
     out = Path(args.out)
     (out / "layers").mkdir(parents=True, exist_ok=True)
     scene = script["scene"]

@@ -1,30 +1,66 @@
-"""`LayeredEditPipeline`: generates one layer of a layered edit.
+"""`LayeredEditPipeline`: generates one layer of a layered edit, as a diffusers pipeline.
 
-The denoising loop runs Multi-Query Disentanglement in cross-attention (each region sees only its
-own prompt) and Background Consistency Guidance (after every scheduler step, outside the rough mask
-the latent is taken from the previous layer's trajectory, except during the last `harmonize`
-fraction of steps). It runs on SD-1.x-style UNets (the embedded default), SDXL-style UNets (two text
-encoders, added conditioning) and PixArt-style transformers (T5 with a padding mask).
+`__call__` reads top to bottom: check the inputs, encode the prompts, set the timesteps, prepare
+latents and masks, the denoising loop, decode. In the loop, Multi-Query Disentanglement runs in
+cross-attention (each region of the scene sees only its own prompt) and Background Consistency
+Guidance after every scheduler step (outside the layer's mask the latent is taken from the previous
+layer's trajectory, except during the last `harmonize` fraction of steps). It runs on SD-1.x-style
+UNets (the embedded default), SDXL-style UNets (two text encoders, added conditioning) and
+PixArt-style transformers (T5 with a padding mask; resolution and aspect-ratio conditions at
+`sample_size` 128, as PixArt-α's own pipeline passes them).
+
+    pipe = LayeredEditPipeline.from_pretrained(folder)   # a DDIM scheduler (see check_inputs)
+    background = pipe("an empty scene of grass", generator=torch.Generator().manual_seed(0))
+    layer = pipe("a red circle", mask=rough_mask, background=background.trajectory,
+                 scene_prompts=["an empty scene of grass"], scene_masks=[])
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline
-from tqdm.auto import tqdm
+from diffusers.utils.torch_utils import randn_tensor
 
-from attention_processors import AttentionController, MultiQueryDisentangledProcessor, installed_processors
+from attention_processors import AttentionController, MultiQueryDisentangledProcessor, installed_processors, region_labels
 from attention_processors.install import is_cross_attention
-from pipelines.layered_edit.settings import EditSettings
+from pipelines.conditioning import (blend_latents, ddim_inversion, encode_prompts, images_to_tensor,
+                                    tensor_to_images)
+from pipelines.outputs import LayeredEditPipelineOutput
+
+OUTPUT_TYPES = ("np", "pil", "latent")
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser gets besides latents and timestep, two rows: [negative branch; prompts].
+    hidden (2, R·T, C), the R prompts concatenated along tokens; mask (2, R·T) the T5 padding mask or
+    None; added: added_cond_kwargs (SDXL's pooled text and size ids, PixArt's resolution)."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor | None = None
+    added: dict = field(default_factory=dict)
+
+    def rows(self, index: slice) -> "Conditioning":
+        """The same conditioning for a subset of the rows (e.g. slice(1, 2): the prompts only)."""
+        return Conditioning(self.hidden[index], None if self.mask is None else self.mask[index],
+                            {k: None if v is None else v[index] for k, v in self.added.items()})
 
 
 class LayeredEditPipeline(DiffusionPipeline):
     """Generates one layer at a time; `LayeredSession` holds the layers."""
 
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->transformer->vae"
     _optional_components = ["unet", "transformer", "text_encoder_2", "tokenizer_2", "safety_checker",
                             "feature_extractor", "image_encoder"]
+    _callback_tensor_inputs = ["latents"]
+    # deterministic and one-step: BCG splices latents between steps and replay restarts mid-trajectory
+    required_scheduler = DDIMScheduler
 
     def __init__(self, vae, text_encoder, tokenizer, scheduler, unet=None, transformer=None, text_encoder_2=None,
                  tokenizer_2=None, safety_checker=None, feature_extractor=None, image_encoder=None,
@@ -32,7 +68,6 @@ class LayeredEditPipeline(DiffusionPipeline):
         super().__init__()
         if unet is None and transformer is None:
             raise ValueError("unet/transformer: the pipeline needs a denoiser, got neither")
-        scheduler = DDIMScheduler.from_config(scheduler.config)  # deterministic, invertible
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                               unet=unet, transformer=transformer, text_encoder_2=text_encoder_2,
                               tokenizer_2=tokenizer_2, safety_checker=None, feature_extractor=None, image_encoder=None)
@@ -42,162 +77,237 @@ class LayeredEditPipeline(DiffusionPipeline):
     def denoiser(self):
         return self.unet if self.unet is not None else self.transformer
 
-    # diffusers' `device`/`dtype` walk the pipeline's signature and components on every read (about
-    # 1 ms each on a CPU); they are read several times per layer, so read one denoiser parameter instead.
     @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) the model was made for: its config's sample_size × the VAE's factor."""
+        size = self.denoiser.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return h * self.vae_scale_factor, w * self.vae_scale_factor
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
+    # -- checks
+
+    def check_size(self, height, width) -> None:
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 \
+                    or value % self.vae_scale_factor:
+                raise ValueError(f"{name}: expected a positive multiple of {self.vae_scale_factor} (the VAE's "
+                                 f"downsampling), got {value!r}")
+
+    def check_inputs(self, prompt, mask, background, scene_prompts, scene_masks, height, width, num_inference_steps,
+                     guidance_scale, harmonize, start_trajectory, output_type, callback_on_step_end_tensor_inputs):
+        """Each bad argument is a ValueError that names it and says what was expected."""
+        if not isinstance(self.scheduler, self.required_scheduler):
+            raise ValueError(f"scheduler: layered editing needs a DDIMScheduler (deterministic and one-step: BCG "
+                             f"splices latents between steps and replay restarts mid-trajectory), got "
+                             f"{type(self.scheduler).__name__}; set pipe.scheduler = "
+                             f"DDIMScheduler.from_config(pipe.scheduler.config)")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
+        self.check_size(height, width)
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale: expected a finite number, got {guidance_scale!r}")
+        if not isinstance(harmonize, (int, float)) or not 0 <= harmonize <= 1:
+            raise ValueError(f"harmonize: expected a fraction in [0, 1], got {harmonize!r}")
+        for name, m in [("mask", mask)] + [(f"scene_masks[{i}]", m) for i, m in enumerate(scene_masks or [])]:
+            if m is not None and (not isinstance(m, np.ndarray) or m.shape != (height, width)):
+                raise ValueError(f"{name}: expected a ({height}, {width}) boolean array, got "
+                                 f"{getattr(m, 'shape', type(m).__name__)}")
+        if (mask is None) != (background is None):
+            raise ValueError("background: a layer with a mask needs the previous layer's trajectory, and a "
+                             "trajectory needs the mask it is kept outside of; pass both or neither")
+        steps_shape = (num_inference_steps + 1, self.denoiser.config.in_channels,
+                       height // self.vae_scale_factor, width // self.vae_scale_factor)
+        for name, trajectory in (("background", background), ("start_trajectory", start_trajectory)):
+            if trajectory is not None and tuple(trajectory.shape) != steps_shape:
+                raise ValueError(f"{name}: expected a trajectory of shape {steps_shape} (steps + 1, channels, "
+                                 f"latent height, latent width), got {tuple(trajectory.shape)}")
+        if start_trajectory is not None and background is None:
+            raise ValueError("start_trajectory: resuming from memory needs the background it is blended with")
+        if scene_prompts is not None:
+            if not isinstance(scene_prompts, (list, tuple)) or not all(isinstance(p, str) for p in scene_prompts):
+                raise ValueError(f"scene_prompts: expected a list of strings, got {scene_prompts!r}")
+            if len(scene_masks or []) != len(scene_prompts) - 1:
+                raise ValueError(f"scene_masks: expected one mask per scene layer after the background "
+                                 f"({len(scene_prompts) - 1}), got {len(scene_masks or [])}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
+        if not set(callback_on_step_end_tensor_inputs) <= set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs: expected a subset of "
+                             f"{self._callback_tensor_inputs}, got {list(callback_on_step_end_tensor_inputs)}")
 
     # -- prompts
 
-    def _tokens(self, tokenizer, prompts: list[str]):
-        return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").to(self.device)
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> dict:
-        """Per prompt: hidden (n, T, C), and pooled (SDXL) or mask (PixArt) where the model uses them."""
+    def encode_prompt(self, prompts: list[str], negative_prompt: str, height: int, width: int,
+                      device: torch.device) -> Conditioning:
+        """The R prompts concatenated along tokens (row 1) and the negative prompt repeated R times (row 0):
+        with MQD each region attends to its own segment; without regions R is 1."""
+        enc = encode_prompts(prompts + [negative_prompt], self.tokenizer, self.text_encoder, device,
+                             self.tokenizer_2, self.text_encoder_2, t5=self.transformer is not None)
+        n = len(prompts)
+        cond = enc.hidden[:n].reshape(1, -1, enc.hidden.shape[-1])
+        hidden = torch.cat([enc.hidden[n:].repeat(1, n, 1), cond])
+        mask, added = None, {}
+        if enc.mask is not None:
+            mask = torch.cat([enc.mask[n:].repeat(1, n), enc.mask[:n].reshape(1, -1)])
+        if enc.pooled is not None:  # SDXL: the global vector is the newest prompt's
+            pooled = torch.cat([enc.pooled[n:], enc.pooled[n - 1:n]])
+            size = [height, width, 0, 0, height, width]
+            added = {"text_embeds": pooled, "time_ids": torch.tensor([size, size], dtype=pooled.dtype, device=device)}
         if self.transformer is not None:
-            tokens = self._tokens(self.tokenizer, prompts)
-            hidden = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
-            return {"hidden": hidden, "mask": tokens.attention_mask}
-        if self.text_encoder_2 is not None:
-            hiddens, pooled = [], None
-            for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-                out = encoder(self._tokens(tokenizer, prompts).input_ids, output_hidden_states=True)
-                hiddens.append(out.hidden_states[-2])
-                pooled = out[0]
-            return {"hidden": torch.cat(hiddens, -1), "pooled": pooled}
-        return {"hidden": self.text_encoder(self._tokens(self.tokenizer, prompts).input_ids)[0]}
+            added = {"resolution": None, "aspect_ratio": None}
+            if getattr(self.transformer, "use_additional_conditions", False):  # PixArt-α at sample_size 128
+                added = {"resolution": torch.tensor([[height, width]] * 2, dtype=hidden.dtype, device=device),
+                         "aspect_ratio": torch.tensor([[height / width]] * 2, dtype=hidden.dtype, device=device)}
+        return Conditioning(hidden, mask, added)
 
-    def _condition(self, region_prompts: list[str], negative: str, settings: EditSettings) -> dict:
-        """Encoder states for [negative half; conditional half], prompts concatenated along tokens."""
-        enc = self.encode_prompts(region_prompts + [negative])
-        n = len(region_prompts)
-        cond = enc["hidden"][:n].reshape(1, -1, enc["hidden"].shape[-1])
-        uncond = enc["hidden"][n:].repeat(1, n, 1)
-        out = {"hidden": torch.cat([uncond, cond]), "embeds": enc["hidden"][n - 1:n]}
-        if "mask" in enc:
-            out["mask"] = torch.cat([enc["mask"][n:].repeat(1, n), enc["mask"][:n].reshape(1, -1)])
-        if "pooled" in enc:  # the global vector: the newest prompt's
-            out["pooled"] = torch.cat([enc["pooled"][n:], enc["pooled"][n - 1:n]])
-            size = [settings.height, settings.width, 0, 0, settings.height, settings.width]
-            out["time_ids"] = torch.tensor([size, size], dtype=out["pooled"].dtype, device=self.device)
-        return out
-
-    def _predict(self, latents, t, cond: dict) -> torch.Tensor:
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The denoiser's output for latents (B, C, h, w) at timestep t (its prediction type)."""
         if self.transformer is not None:
-            out = self.transformer(latents, encoder_hidden_states=cond["hidden"], encoder_attention_mask=cond["mask"],
-                                   timestep=t.expand(len(latents)), added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            out = self.transformer(latents, encoder_hidden_states=cond.hidden, encoder_attention_mask=cond.mask,
+                                   timestep=t.expand(len(latents)), added_cond_kwargs=cond.added).sample
             return out[:, :latents.shape[1]]  # PixArt also predicts a variance
-        extra = {}
-        if "pooled" in cond:
-            extra["added_cond_kwargs"] = {"text_embeds": cond["pooled"], "time_ids": cond["time_ids"]}
-        return self.unet(latents, t, cond["hidden"], **extra).sample
+        return self.unet(latents, t, cond.hidden, added_cond_kwargs=cond.added or None).sample
 
-    # -- latents and images
+    # -- latents, masks, images
 
-    def latent_size(self, settings: EditSettings) -> tuple[int, int]:
-        return settings.height // self.vae_scale_factor, settings.width // self.vae_scale_factor
+    def latent_mask(self, mask: np.ndarray) -> torch.Tensor:
+        """(1, 1, h, w) in {0, 1} from an (H, W) mask: a latent pixel belongs to it if the mask touches it."""
+        m = torch.from_numpy(mask.astype(np.float32))[None, None]
+        size = (mask.shape[0] // self.vae_scale_factor, mask.shape[1] // self.vae_scale_factor)
+        return F.adaptive_max_pool2d(m, size).to(self._execution_device, self.denoiser.dtype)
 
-    def noise(self, seed: int, settings: EditSettings) -> torch.Tensor:
-        channels = self.denoiser.config.in_channels
-        gen = torch.Generator().manual_seed(int(seed))
-        return torch.randn((1, channels, *self.latent_size(settings)), generator=gen).to(self.device, self.dtype)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return ((image[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    def prepare_latents(self, shape: tuple, generator, device, background, latent_mask, start_trajectory,
+                        n_blended: int) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        """(the first step to run, its latents (1, C, h, w), the trajectory so far). From memory
+        (start_trajectory): its latents up to the end of the BCG phase, then only the last steps run."""
+        if start_trajectory is not None:
+            return n_blended, start_trajectory[n_blended:n_blended + 1], list(start_trajectory[:n_blended + 1])
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.denoiser.dtype)
+        if background is not None:
+            latents = blend_latents(background[0:1], latents, latent_mask)
+        return 0, latents, [latents[0]]
 
     @torch.no_grad()
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].to(self.device, self.dtype) / 127.5 - 1
+        """(1, C, h, w) scaled latents of an (H, W, 3) uint8 image (the posterior's mean)."""
+        x = images_to_tensor([image]).to(self._execution_device, self.vae.dtype)
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
-    def latent_mask(self, rough_mask: np.ndarray, settings: EditSettings) -> torch.Tensor:
-        """(1, 1, h, w) in {0, 1}: a latent pixel belongs to the mask if the mask touches it."""
-        m = torch.from_numpy(rough_mask.astype(np.float32))[None, None]
-        return F.adaptive_max_pool2d(m, self.latent_size(settings)).to(self.device, self.dtype)
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(H, W, 3) uint8 image of latents (1, C, h, w)."""
+        return tensor_to_images(self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample)[0]
 
     # -- one layer
 
     @torch.no_grad()
-    def generate_layer(self, region_prompts: list[str], labels: torch.Tensor | None, seed: int, settings: EditSettings,
-                       background: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                       progress: bool = True, callback=None, start: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Denoise one layer. region_prompts[j] is the prompt of region j of labels ((h, w), or None
-        for one prompt everywhere); background: the previous trajectory for BCG, with mask (1, 1, h, w).
-        start: a trajectory (steps + 1, C, h, w) taken from memory for the BCG phase; only the last
-        `harmonize` steps are then run, from its latents at that point.
-        Returns the trajectory (steps + 1, C, h, w) and the newest prompt's embeddings."""
-        self.scheduler.set_timesteps(settings.steps, device=self.device)
-        cond = self._condition(region_prompts, settings.negative_prompt, settings)
-        n_blended = int(round(settings.steps * (1 - settings.harmonize)))
-        if start is not None:
-            first = n_blended
-            z = start[first:first + 1]
-            trajectory = list(start[:first + 1])
-        else:
-            first = 0
-            z = self.noise(seed, settings)
-            if background is not None:
-                z = background[0:1] * (1 - mask) + z * mask
-            trajectory = [z[0]]
-        controller = AttentionController(self.latent_size(settings), labels, n_regions=len(region_prompts),
-                                         segment_length=cond["hidden"].shape[1] // len(region_prompts),
+    def __call__(self, prompt: str, mask: np.ndarray | None = None, background: torch.Tensor | None = None,
+                 scene_prompts: list[str] | None = None, scene_masks: list[np.ndarray] | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int = 20,
+                 guidance_scale: float = 4.0, negative_prompt: str = "", harmonize: float = 0.2, bcg: bool = True,
+                 generator: torch.Generator | None = None, start_trajectory: torch.Tensor | None = None,
+                 output_type: str = "np", return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] = ("latents",)):
+        """Generate one layer.
+
+        prompt: the layer's prompt. mask: (height, width) bool, where the layer may change the scene
+        (None: everywhere, a background); background: the previous layer's trajectory
+        (steps + 1, C, h, w), which BCG follows outside the mask. scene_prompts: the prompts of the
+        layers below, background first, and scene_masks their masks (one per layer after the
+        background): with them, MQD gives each region its own prompt (later layers in front, this
+        layer's mask frontmost); without, one prompt everywhere. harmonize: the last fraction of
+        steps run without BCG, so the seam settles; bcg=False runs none. start_trajectory: a
+        trajectory from memory for the BCG phase (replay); only the last harmonize steps then run.
+        callback_on_step_end(pipe, step, timestep, {"latents": …}) may return new latents.
+        Returns a `LayeredEditPipelineOutput` (images, trajectory), or (images, trajectory).
+        """
+        default_height, default_width = self.default_size
+        height = default_height if height is None else height
+        width = default_width if width is None else width
+        # 1. inputs
+        self.check_inputs(prompt, mask, background, scene_prompts, scene_masks, height, width, num_inference_steps,
+                          guidance_scale, harmonize, start_trajectory, output_type, callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+        prompts = [*scene_prompts, prompt] if scene_prompts else [prompt]
+
+        # 2. prompts: the scene's regions back to front, this layer's last; the negative branch
+        cond = self.encode_prompt(prompts, negative_prompt, height, width, device)
+
+        # 3. timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        n_blended = int(round(num_inference_steps * (1 - harmonize)))
+
+        # 4. latents and masks
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latent_mask = None if mask is None else self.latent_mask(mask)
+        labels = None
+        if len(prompts) > 1:  # MQD: every latent pixel belongs to one region, later layers in front
+            masks = [self.latent_mask(m)[0, 0].cpu() for m in [*scene_masks, mask]]
+            labels = region_labels(masks, *latent_size)
+        first, latents, trajectory = self.prepare_latents((1, self.denoiser.config.in_channels, *latent_size),
+                                                          generator, device, background, latent_mask,
+                                                          start_trajectory, n_blended)
+        controller = AttentionController(latent_size, labels, n_regions=len(prompts),
+                                         segment_length=cond.hidden.shape[1] // len(prompts),
                                          shared_rows=1)  # row 0 is the negative prompt, repeated
-        use_mqd = labels is not None and len(region_prompts) > 1
 
         def make(name, original):
-            return MultiQueryDisentangledProcessor(controller) if use_mqd and is_cross_attention(name) else None
-        with installed_processors(self.denoiser, make):
-            for i, t in enumerate(tqdm(self.scheduler.timesteps[first:], desc="layer", leave=False, disable=not progress),
-                                  start=first):
+            return MultiQueryDisentangledProcessor(controller) if labels is not None and is_cross_attention(name) else None
+
+        # 5. the denoising loop
+        with installed_processors(self.denoiser, make), self.progress_bar(total=num_inference_steps - first) as bar:
+            for i, t in enumerate(timesteps[first:], start=first):
                 controller.begin_step(i, int(t))
-                pred = self._predict(torch.cat([z, z]), t, cond)
-                uncond, text = pred.chunk(2)
-                z = self.scheduler.step(uncond + settings.guidance * (text - uncond), t, z).prev_sample
-                if background is not None and settings.bcg and i < n_blended:
-                    z = background[i + 1:i + 2] * (1 - mask) + z * mask
-                trajectory.append(z[0])
-                if callback is not None:
-                    callback(i + 1, settings.steps)
-        return torch.stack(trajectory), cond["embeds"]
+                uncond, text = self.predict(torch.cat([latents, latents]), t, cond).chunk(2)
+                latents = self.scheduler.step(uncond + guidance_scale * (text - uncond), t, latents).prev_sample
+                if background is not None and bcg and i < n_blended:
+                    latents = blend_latents(background[i + 1:i + 2], latents, latent_mask)
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents}
+                    outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                trajectory.append(latents[0])
+                bar.update()
+
+        # 6. decode
+        trajectory = torch.stack(trajectory)
+        images = None
+        if output_type != "latent":
+            images = self.decode(latents)[None]
+            if output_type == "pil":
+                images = [PIL.Image.fromarray(image) for image in images]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, trajectory
+        return LayeredEditPipelineOutput(images=images, trajectory=trajectory)
+
+    # -- a real image as layer 0
 
     @torch.no_grad()
-    def invert(self, latents: torch.Tensor, prompt: str, settings: EditSettings, progress: bool = True) -> torch.Tensor:
-        """DDIM inversion of clean latents (1, C, h, w) into a trajectory (steps + 1, C, h, w)."""
-        self.scheduler.set_timesteps(settings.steps, device=self.device)
-        cond = self._condition([prompt], "", settings)
-        cond = {k: v[1:] for k, v in cond.items() if k != "embeds"}  # conditional branch only
-        alphas = self.scheduler.alphas_cumprod.to(self.device)
-        timesteps = self.scheduler.timesteps
-        trajectory = [None] * settings.steps + [latents[0]]
-        z = latents
-        for k in tqdm(range(settings.steps - 1, -1, -1), desc="inversion", leave=False, disable=not progress):
-            t = timesteps[k]
-            out = self._predict(z, t, cond)
-            a_prev = alphas[timesteps[k + 1]] if k + 1 < settings.steps else torch.tensor(1.0, device=self.device)
-            a_t = alphas[t]
-            if self.scheduler.config.prediction_type == "v_prediction":
-                x0 = a_prev.sqrt() * z - (1 - a_prev).sqrt() * out
-                eps = a_prev.sqrt() * out + (1 - a_prev).sqrt() * z
-            else:
-                eps = out
-                x0 = (z - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
-            z = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
-            trajectory[k] = z[0]
-        return torch.stack(trajectory)
+    def invert(self, image: np.ndarray, prompt: str = "", num_inference_steps: int = 20) -> torch.Tensor:
+        """DDIM inversion of an (H, W, 3) uint8 image: the trajectory (steps + 1, C, h, w) that this
+        pipeline's scheduler denoises back to the image's latents (conditioned on prompt, no guidance)."""
+        height, width = image.shape[:2]
+        self.check_size(height, width)
+        device = self._execution_device
+        cond = self.encode_prompt([prompt], "", height, width, device).rows(slice(1, 2))  # the prompt's row
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        trajectory = ddim_inversion(lambda z, t: self.predict(z, t, cond), self.encode_image(image), self.scheduler,
+                                    num_inference_steps, progress=lambda steps: self.progress_bar(steps))
+        self.maybe_free_model_hooks()
+        return trajectory
 
-    def forward_noised(self, latents: torch.Tensor, seed: int, settings: EditSettings) -> torch.Tensor:
-        """The cheap alternative to inversion: the clean latents noised with one fixed noise."""
-        self.scheduler.set_timesteps(settings.steps, device=self.device)
-        noise = self.noise(seed, settings)
+    @torch.no_grad()
+    def forward_noise(self, image: np.ndarray, num_inference_steps: int = 20,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The cheap alternative to inversion: the image's latents noised with one fixed noise, at every
+        timestep: (steps + 1, C, h, w)."""
+        latents = self.encode_image(image)
+        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         steps = [self.scheduler.add_noise(latents, noise, t[None])[0] for t in self.scheduler.timesteps]
         return torch.stack(steps + [latents[0]])

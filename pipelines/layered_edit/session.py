@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from attention_processors import region_labels
+from pipelines.conditioning import blend_latents
 from pipelines.layered_edit.geometry import (carry_weight, composite, object_pixels, overlay_alpha, prepare_mask,
                                              protected_pixels)
 from pipelines.layered_edit.pipeline import LayeredEditPipeline
@@ -26,14 +27,21 @@ from pipelines.layered_edit.settings import EditSettings, Layer
 
 @dataclass
 class LayeredSession:
-    """The layers of one scene (layer 0 is the background), with undo/redo and save/load."""
+    """The layers of one scene (layer 0 is the background), with undo/redo and save/load.
+
+    settings: unset height and width are the pipeline's default size (`EditSettings.sized_for`).
+    Methods that change the session validate first, so a bad call changes nothing; `fork` gives an
+    independent copy to try a change on."""
 
     pipe: LayeredEditPipeline
     settings: EditSettings = field(default_factory=EditSettings)
     layers: list[Layer] = field(default_factory=list)
     _undo: list[list[Layer]] = field(default_factory=list, repr=False)
     _redo: list[list[Layer]] = field(default_factory=list, repr=False)
-    progress: bool = True
+
+    def __post_init__(self):
+        self.settings = self.settings.sized_for(self.pipe)
+        self.pipe.check_size(self.settings.height, self.settings.width)
 
     # -- reading
 
@@ -46,6 +54,12 @@ class LayeredSession:
     def layer_images(self) -> list[np.ndarray]:
         return [layer.image for layer in self.layers]
 
+    def fork(self, **settings) -> "LayeredSession":
+        """A copy with its own layer list and history (layers themselves are immutable and shared), and
+        the given settings changed (e.g. replay="seed"): a change tried on it leaves this one as it was."""
+        return LayeredSession(self.pipe, replace(self.settings, **settings), list(self.layers), list(self._undo),
+                              list(self._redo))
+
     # -- changing (each validates first, so a bad call changes nothing)
 
     def _commit(self, layers: list[Layer]) -> None:
@@ -55,25 +69,22 @@ class LayeredSession:
 
     def start_from_prompt(self, prompt: str, seed: int = 0, callback=None) -> np.ndarray:
         prompt = _check_prompt(prompt)
-        trajectory, embeds = self.pipe.generate_layer([prompt], None, seed, self.settings, progress=self.progress,
-                                                      callback=callback)
+        out = self.pipe(prompt, generator=_generator(seed), callback_on_step_end=_progress(callback, self.settings),
+                        **self._call_settings())
         full = np.ones((self.settings.height, self.settings.width), dtype=bool)
-        self._commit([Layer(prompt, seed, full, "prompt", trajectory, self.pipe.decode(trajectory[-1:]), embeds,
-                            full, np.zeros_like(full))])
+        self._commit([Layer(prompt, seed, full, "prompt", out.trajectory, out.images[0], full, np.zeros_like(full))])
         return self.composite
 
     def start_from_image(self, image, prompt: str = "", method: str = "inversion", seed: int = 0) -> np.ndarray:
         image = _check_image(image, self.settings)
         if method not in ("inversion", "noise"):
             raise ValueError(f"method: expected 'inversion' or 'noise', got {method!r}")
-        latents = self.pipe.encode_image(image)
         if method == "inversion":
-            trajectory = self.pipe.invert(latents, prompt, self.settings, progress=self.progress)
+            trajectory = self.pipe.invert(image, prompt, self.settings.steps)
         else:
-            trajectory = self.pipe.forward_noised(latents, seed, self.settings)
-        embeds = self.pipe._condition([prompt], "", self.settings)["embeds"]
+            trajectory = self.pipe.forward_noise(image, self.settings.steps, _generator(seed))
         full = np.ones(image.shape[:2], dtype=bool)
-        self._commit([Layer(prompt, seed, full, "image" if method == "inversion" else "noise", trajectory, image, embeds,
+        self._commit([Layer(prompt, seed, full, "image" if method == "inversion" else "noise", trajectory, image,
                             full, np.zeros_like(full))])
         return self.composite
 
@@ -102,9 +113,8 @@ class LayeredSession:
                 raise ValueError("mask: the background covers the whole image; it has no mask to edit")
             if old.kind != "prompt":
                 raise ValueError("layer: a background from an image cannot be re-prompted; start a new scene")
-            trajectory, embeds = self.pipe.generate_layer([prompt], None, seed, self.settings, progress=self.progress)
-            first = [replace(old, prompt=prompt, seed=seed, trajectory=trajectory, embeds=embeds,
-                             image=self.pipe.decode(trajectory[-1:]))]
+            out = self.pipe(prompt, generator=_generator(seed), **self._call_settings())
+            first = [replace(old, prompt=prompt, seed=seed, trajectory=out.trajectory, image=out.images[0])]
         else:
             new_mask = old.rough_mask if mask is None else prepare_mask(mask, self.settings.height, self.settings.width)
             first = self.layers[:index] + [self._render_object(self.layers[:index], prompt, new_mask, seed)]
@@ -127,37 +137,34 @@ class LayeredSession:
 
     # -- the mechanics
 
+    def _call_settings(self) -> dict:
+        """The pipeline arguments that the settings fix for every layer."""
+        s = self.settings
+        return dict(height=s.height, width=s.width, num_inference_steps=s.steps, guidance_scale=s.guidance,
+                    negative_prompt=s.negative_prompt, harmonize=s.harmonize, bcg=s.bcg)
+
     def _render_object(self, below: list[Layer], prompt: str, mask: np.ndarray, seed: int, callback=None,
                        memory: Layer | None = None) -> Layer:
         """Render one object layer on top of `below`. memory: this layer's previous version, to bring it
         up to date (replay "memory"): inside its old object its own latents, elsewhere the new scene's,
         for the BCG phase; the last `harmonize` steps are re-run on that."""
         s = self.settings
-        h, w = self.pipe.latent_size(s)
         protected = protected_pixels(below, mask, s.protect)
         edit = mask & ~protected
         if not edit.any():  # the rough mask lies inside earlier objects: the new layer goes in front
             edit, protected = mask, np.zeros_like(mask)
-        masks = [self.pipe.latent_mask(layer.edit_mask, s)[0, 0].cpu() for layer in below[1:]]
-        current = self.pipe.latent_mask(edit, s)
-        if s.mqd:
-            labels = region_labels(masks + [current[0, 0].cpu()], h, w)
-            prompts = [layer.prompt for layer in below] + [prompt]
-        else:
-            labels, prompts = None, [prompt]
+        scene = {}
+        if s.mqd:  # every earlier layer's region attends to its own prompt
+            scene = dict(scene_prompts=[layer.prompt for layer in below], scene_masks=[l.edit_mask for l in below[1:]])
         start = None
         if memory is not None:
-            own = self.pipe.latent_mask(memory.object_mask, s)[0]
-            start = below[-1].trajectory * (1 - own) + memory.trajectory * own
-        trajectory, embeds = self.pipe.generate_layer(prompts, labels, seed, s, background=below[-1].trajectory,
-                                                      mask=current, progress=self.progress, callback=callback,
-                                                      start=start)
-        new = self.pipe.decode(trajectory[-1:])
+            start = blend_latents(below[-1].trajectory, memory.trajectory, self.pipe.latent_mask(memory.object_mask))
+        out = self.pipe(prompt, mask=edit, background=below[-1].trajectory, **scene, start_trajectory=start,
+                        generator=_generator(seed), callback_on_step_end=_progress(callback, s), **self._call_settings())
         alpha = overlay_alpha(edit, s.dilate_px)
         alpha[protected] = 0  # earlier objects keep their exact pixels
-        image = composite(below[-1].image, new, alpha)
-        return Layer(prompt, seed, mask, "object", trajectory, image, embeds, edit,
-                     object_pixels(below[-1].image, image))
+        image = composite(below[-1].image, out.images[0], alpha)
+        return Layer(prompt, seed, mask, "object", out.trajectory, image, edit, object_pixels(below[-1].image, image))
 
     def _replay(self, kept: list[Layer], old: list[Layer]) -> list[Layer]:
         """Bring the layers after kept up to date. old[0] is the layer kept's last one replaces (or the
@@ -182,8 +189,7 @@ class LayeredSession:
                 layers.append(new)
                 continue
             image = np.where(region[..., None], layer.image, layers[-1].image)
-            m = self.pipe.latent_mask(layer.edit_mask, s)[0]
-            trajectory = layers[-1].trajectory * (1 - m) + layer.trajectory * m
+            trajectory = blend_latents(layers[-1].trajectory, layer.trajectory, self.pipe.latent_mask(layer.edit_mask))
             layers.append(replace(layer, image=image, trajectory=trajectory,
                                   object_mask=object_pixels(layers[-1].image, image)))
         return layers
@@ -200,9 +206,9 @@ class LayeredSession:
         return save_session(folder, self.settings, self.layers, self.pipe.denoiser.config.in_channels)
 
     @classmethod
-    def load(cls, pipe: LayeredEditPipeline, folder: str | Path, progress: bool = True) -> "LayeredSession":
+    def load(cls, pipe: LayeredEditPipeline, folder: str | Path) -> "LayeredSession":
         settings, layers = load_session(pipe, folder)
-        return cls(pipe, settings, layers, progress=progress)
+        return cls(pipe, settings, layers)
 
 
 def _check_prompt(prompt) -> str:
@@ -226,3 +232,18 @@ def _check_image(image, settings: EditSettings) -> np.ndarray:
         raise ValueError(f"image: expected {settings.width}×{settings.height}, got {image.shape[1]}×{image.shape[0]}")
     return image
 
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _progress(callback, settings: EditSettings):
+    """callback_on_step_end that reports (steps done, steps in all) to callback, or None."""
+    if callback is None:
+        return None
+
+    def on_step_end(pipe, step, timestep, tensors):
+        callback(step + 1, settings.steps)
+        return tensors
+    return on_step_end

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -12,8 +13,11 @@ REPLAY_MODES = ("memory", "seed")
 
 @dataclass(frozen=True)
 class EditSettings:
-    height: int = 64
-    width: int = 64
+    """What every edit of a session is asked to do. height/width None: the model's default size
+    (`sized_for`)."""
+
+    height: int | None = None
+    width: int | None = None
     steps: int = 20
     guidance: float = 4.0
     harmonize: float = 0.2  # last fraction of steps run without BCG, so the seam settles
@@ -35,6 +39,19 @@ class EditSettings:
             raise ValueError(f"replay: expected one of {REPLAY_MODES}, got {self.replay!r}")
         if not 0 <= self.harmonize <= 1:
             raise ValueError(f"harmonize: expected a fraction in [0, 1], got {self.harmonize!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: expected a positive integer, got {self.steps!r}")
+        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
+            raise ValueError(f"guidance: expected a finite number, got {self.guidance!r}")
+        if not isinstance(self.dilate_px, int) or self.dilate_px < 0:
+            raise ValueError(f"dilate_px: expected a non-negative integer, got {self.dilate_px!r}")
+        if not 0 <= self.protect <= 1:
+            raise ValueError(f"protect: expected a fraction in [0, 1], got {self.protect!r}")
+
+    def sized_for(self, pipe) -> "EditSettings":
+        """These settings with an unset height or width taken from the pipeline's default size."""
+        height, width = pipe.default_size
+        return replace(self, height=self.height or height, width=self.width or width)
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,9 @@ class Layer:
     """One layer of the memory. trajectory: (steps + 1, C, h, w) latents of the composite scene after
     this layer, trajectory[k] after k steps; image: (H, W, 3) uint8 composite; rough_mask: (H, W) bool,
     as the user drew it; edit_mask: the part of it the layer was allowed to repaint (the rough mask
-    minus protected earlier objects); object_mask: the pixels the layer visibly changed (its object)."""
+    minus protected earlier objects); object_mask: the pixels the layer visibly changed (its object).
+    The memory keeps the prompt's words, and the pipeline encodes them whenever the layer is a region
+    of a later edit (milliseconds, next to a denoising loop)."""
 
     prompt: str
     seed: int
@@ -50,7 +69,6 @@ class Layer:
     kind: str  # "prompt" (generated), "image" (DDIM inversion), "noise" (forward noising), "object"
     trajectory: torch.Tensor
     image: np.ndarray
-    embeds: torch.Tensor  # (1, T, C) prompt embeddings
     edit_mask: np.ndarray
     object_mask: np.ndarray
 

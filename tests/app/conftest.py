@@ -8,7 +8,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from app.sessions import SessionStore
-from app.ui import CSS, DISPLAY, MAX_UPLOAD, build_app
+from app.layered import DISPLAY
+from app.ui import CSS, MAX_UPLOAD, build_app
 from pipelines.layered_edit import EditSettings
 from tests.tiny_models import sd1_components
 

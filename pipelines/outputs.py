@@ -1,0 +1,20 @@
+"""The output dataclasses of Strata's pipelines (diffusers' `BaseOutput`: attribute, key or tuple access)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class LayeredEditPipelineOutput(BaseOutput):
+    """images: the decoded layer, a list of PIL images or a (1, H, W, 3) uint8 array (output_type
+    "pil" / "np"), or None for output_type "latent"; trajectory: (steps + 1, C, h, w), entry k the
+    latents of the scene after k denoising steps, the last the final latents."""
+
+    images: list[PIL.Image.Image] | np.ndarray | None
+    trajectory: torch.Tensor
