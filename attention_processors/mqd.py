@@ -3,11 +3,13 @@ of its region. Self-attention is untouched (it is what blends a new object into 
 
 The pipeline passes the R prompts concatenated as encoder_hidden_states (B, R·T, C); for the
 classifier-free-guidance negative half it passes the negative prompt R times; with
-`controller.shared_rows` set, those rows attend plainly to one copy (the same result, a fraction of
-the work). Keys and values depend only on the encoder states, which are fixed for a pipeline call,
-so they are projected once per layer and cached on the controller (with each chunk's segment for the
-torch path). Region maps and kernel plans come from the controller; the attention itself from
-`kernels.region_attention`.
+`regions.shared_rows` set, those rows attend plainly to one copy (the same result, a fraction of the
+work). Keys and values depend only on the encoder states, which are fixed for a pipeline call, so
+they are projected once per layer and kept in `regions.keys` under the layer's install name (with
+each chunk's segment for the torch path). Region maps and kernel plans come from the controller's
+`regions`; the attention itself from `kernels.region_attention`. Anything else (self-attention, a
+call without regions) goes to the processor this one replaced, so a user's
+`enable_xformers_memory_efficient_attention()` or other processor keeps working.
 """
 
 from __future__ import annotations
@@ -17,20 +19,24 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from attention_processors.controller import AttentionController
+from attention_processors.regions import CachedKeys
 from kernels import backend_for, gather_segments, region_attention
 from kernels.region import token_major
 
 
 class MultiQueryDisentangledProcessor:
-    def __init__(self, controller: AttentionController):
+    def __init__(self, controller: AttentionController, name: str, fallback=None):
+        """name: the layer's install name (its key in `attn_processors`); fallback: the processor
+        this one replaced, which runs every call MQD does not change."""
         self.controller = controller
-        self.plain = AttnProcessor2_0()
+        self.name = name
+        self.fallback = fallback if fallback is not None else AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
-        ctrl = self.controller
-        if encoder_hidden_states is None or ctrl.labels is None:
-            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        regions = self.controller.regions
+        if encoder_hidden_states is None or regions is None:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -41,33 +47,34 @@ class MultiQueryDisentangledProcessor:
         batch, n_tokens, _ = hidden_states.shape
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states.shape[1] != ctrl.n_regions * ctrl.segment_length:
-            raise ValueError(f"encoder_hidden_states: expected {ctrl.n_regions} prompts × {ctrl.segment_length} "
+        if encoder_hidden_states.shape[1] != regions.n_regions * regions.segment_length:
+            raise ValueError(f"encoder_hidden_states: expected {regions.n_regions} prompts × {regions.segment_length} "
                              f"tokens, got {encoder_hidden_states.shape[1]} tokens")
         query = attn.to_q(hidden_states)
         head_dim = query.shape[-1] // attn.heads
         query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
-        regions = ctrl.token_regions(n_tokens, query.device)
-        shared = ctrl.shared_rows if attention_mask is None and 0 < ctrl.shared_rows < batch else 0
-        (k_shared, v_shared), (key, value) = self._keys_values(attn, encoder_hidden_states, shared)
+        token_regions = regions.token_regions(n_tokens, query.device)
+        shared = regions.shared_rows if attention_mask is None and 0 < regions.shared_rows < batch else 0
+        cached = self._keys_values(attn, encoder_hidden_states, shared)
+        key, value = cached.rest
         if attention_mask is not None:  # key padding (T5 prompts): one masked call, region ∧ padding
             mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
             mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
-            segment = torch.arange(key.shape[2], device=query.device) // ctrl.segment_length
-            allowed = regions[:, None] == segment[None, :]
+            segment = torch.arange(key.shape[2], device=query.device) // regions.segment_length
+            allowed = token_regions[:, None] == segment[None, :]
             bias = mask.masked_fill(~allowed, float("-inf")) if mask.dtype != torch.bool else mask & allowed
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         else:
-            plan = ctrl.region_plan(n_tokens, batch - shared, query.device)
+            plan = regions.region_plan(n_tokens, batch - shared, query.device)
             # the fused kernels (triton, cpp) read keys in place; the torch path wants them per chunk
             backend = backend_for(query.device, "region", dtype=query.dtype)
-            segments = self._segments(attn, query[shared:], key, value, plan) if backend == "torch" else None
-            out = region_attention(query[shared:], key, value, regions, ctrl.segment_length, plan=plan,
+            segments = self._segments(cached, query[shared:], plan) if backend == "torch" else None
+            out = region_attention(query[shared:], key, value, token_regions, regions.segment_length, plan=plan,
                                    backend=backend, segments=segments)
             if shared:  # the negative prompt, the same in every segment: plain attention on one copy
-                plain = F.scaled_dot_product_attention(query[:shared], k_shared, v_shared)
+                plain = F.scaled_dot_product_attention(query[:shared], *cached.shared)
                 out = torch.cat([plain, out.to(plain.dtype)])
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -77,23 +84,22 @@ class MultiQueryDisentangledProcessor:
             out = out + residual
         return out / attn.rescale_output_factor
 
-    def _segments(self, attn: Attention, query, key, value, plan):
-        """Each chunk's keys and values for the torch path, gathered once per module, plan and query
-        layout, kept in the module's `_keys_values` cache entry (so new keys start without them)."""
-        entry, layout = self.controller.kv_cache[id(attn)], token_major(query)
-        segments = entry[3]
+    def _segments(self, cached: CachedKeys, query, plan):
+        """Each chunk's keys and values for the torch path, gathered once per layer, plan and query
+        layout (new keys start without them)."""
+        segments, layout = cached.segments, token_major(query)
         if segments is None or segments.plan is not plan or segments.token_major != layout:
-            segments = entry[3] = gather_segments(key, value, plan, self.controller.segment_length, layout)
+            segments = cached.segments = gather_segments(*cached.rest, plan, self.controller.regions.segment_length,
+                                                         layout)
         return segments
 
-    def _keys_values(self, attn: Attention, encoder_hidden_states: torch.Tensor, shared: int):
-        """((k, v) of the first segment of the leading `shared` rows, or (None, None); (k, v) of the rest),
-        each (B', heads, T', head_dim); cached per attention module while the encoder states are the
-        same tensor (the cache holds a reference, so identity cannot be reused by another tensor)."""
-        cache = self.controller.kv_cache
-        hit = cache.get(id(attn))
-        if hit is not None and hit[0] is encoder_hidden_states and hit[1] == shared:
-            return hit[2]
+    def _keys_values(self, attn: Attention, encoder_hidden_states: torch.Tensor, shared: int) -> CachedKeys:
+        """This layer's projected keys and values, each (B', heads, T', head_dim), from the cache while
+        the encoder states are the same tensor."""
+        regions = self.controller.regions
+        hit = regions.keys.get(self.name)
+        if hit is not None and hit.encoder_states is encoder_hidden_states and hit.shared_rows == shared:
+            return hit
         states = encoder_hidden_states
         if attn.norm_cross:
             states = attn.norm_encoder_hidden_states(states)
@@ -106,7 +112,8 @@ class MultiQueryDisentangledProcessor:
             if attn.norm_k is not None:
                 key = attn.norm_k(key)
             return key, value
-        result = (project(states[:shared, :self.controller.segment_length]) if shared else (None, None),
-                  project(states[shared:]))
-        cache[id(attn)] = [encoder_hidden_states, shared, result, None]  # + the torch path's segments
-        return result
+        entry = CachedKeys(encoder_hidden_states, shared,
+                           project(states[:shared, :regions.segment_length]) if shared else None,
+                           project(states[shared:]))
+        regions.keys[self.name] = entry
+        return entry

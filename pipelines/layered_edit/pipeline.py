@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from attention_processors import AttentionController, MultiQueryDisentangledProcessor, installed_processors, region_labels
+from attention_processors import (AttentionController, MultiQueryDisentangledProcessor, RegionState, installed_processors,
+                                  region_labels)
 from attention_processors.install import is_cross_attention
 from pipelines.conditioning import (blend_latents, ddim_inversion, encode_prompts, images_to_tensor,
                                     tensor_to_images)
@@ -244,19 +245,21 @@ class LayeredEditPipeline(DiffusionPipeline):
         # 4. latents and masks
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         latent_mask = None if mask is None else self.latent_mask(mask)
-        labels = None
-        if len(prompts) > 1:  # MQD: every latent pixel belongs to one region, later layers in front
-            masks = [self.latent_mask(m)[0, 0].cpu() for m in [*scene_masks, mask]]
-            labels = region_labels(masks, *latent_size)
         first, latents, trajectory = self.prepare_latents((1, self.denoiser.config.in_channels, *latent_size),
                                                           generator, device, background, latent_mask,
                                                           start_trajectory, n_blended)
-        controller = AttentionController(latent_size, labels, n_regions=len(prompts),
-                                         segment_length=cond.hidden.shape[1] // len(prompts),
-                                         shared_rows=1)  # row 0 is the negative prompt, repeated
+        regions = None
+        if len(prompts) > 1:  # MQD: every latent pixel belongs to one region, later layers in front
+            masks = [self.latent_mask(m)[0, 0].cpu() for m in [*scene_masks, mask]]
+            regions = RegionState(region_labels(masks, *latent_size), len(prompts),
+                                  segment_length=cond.hidden.shape[1] // len(prompts),
+                                  shared_rows=1)  # row 0 is the negative prompt, repeated in every segment
+        controller = AttentionController(regions=regions)
 
         def make(name, original):
-            return MultiQueryDisentangledProcessor(controller) if labels is not None and is_cross_attention(name) else None
+            if regions is None or not is_cross_attention(name):
+                return None
+            return MultiQueryDisentangledProcessor(controller, name, fallback=original)
 
         # 5. the denoising loop
         with installed_processors(self.denoiser, make), self.progress_bar(total=num_inference_steps - first) as bar:
