@@ -20,7 +20,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from attention_processors.controller import AttentionController
 from attention_processors.regions import CachedKeys
-from kernels import backend_for, gather_segments, region_attention
+from kernels import backend_for, gather_segments, needs_grad, region_attention
 from kernels.region import token_major
 
 
@@ -69,7 +69,7 @@ class MultiQueryDisentangledProcessor:
         else:
             plan = regions.region_plan(n_tokens, batch - shared, query.device)
             # the fused kernels (triton, cpp) read keys in place; the torch path wants them per chunk
-            backend = backend_for(query.device, "region", dtype=query.dtype)
+            backend = backend_for(query.device, "region", dtype=query.dtype, needs_grad=needs_grad(query, key, value))
             segments = self._segments(cached, query[shared:], plan) if backend == "torch" else None
             out = region_attention(query[shared:], key, value, token_regions, regions.segment_length, plan=plan,
                                    backend=backend, segments=segments)

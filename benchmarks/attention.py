@@ -5,8 +5,9 @@
 One table per pattern, a row per implementation, all measured in one run on the same inputs:
 reference (the spec), naive (loop over groups/regions, concatenate, SDPA), torch (our CPU and
 fallback path), cpp (the fused C++ loop for region attention on the CPU in float32, where its
-extension builds), FlexAttention (compiled, where it runs), xformers (where installed), triton (on a
-GPU). Columns: time ratio to the naive path (> 1 is faster), median milliseconds, TFLOP/s (beside
+extension builds), FlexAttention (compiled, where it runs; region attention on region-sorted tokens, as
+Strata's kernels get them), xformers (block-diagonal packed sequences; on a GPU, else the registry's
+reason it cannot run), triton (on a GPU). Columns: time ratio to the naive path (> 1 is faster), median milliseconds, TFLOP/s (beside
 the machine's own rate on one large matrix product, printed at the end), peak extra memory beyond
 inputs and output (MiB), and max abs error against the float64 reference on the same inputs. On a
 GPU, "ms" is the GPU's time per call (triton's do_bench, L2 flushed) and "ms back-to-back" the time
@@ -54,7 +55,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import machine, print_table, write_json
-from kernels import blended, gather_segments, make_plan, neighbour, region, region_cpp, triton_available
+from kernels import blended, gather_segments, make_plan, neighbour, peers, region, region_cpp, triton_available
+from kernels.registry import Call, backends
 
 CUDA = torch.cuda.is_available()
 
@@ -174,14 +176,6 @@ def flash(fn):
     return run
 
 
-def _xformers():
-    try:
-        import xformers.ops as xops
-        return xops
-    except ImportError:
-        return None
-
-
 def measure(rows: list, name: str, fn, flops: float, ref: torch.Tensor, repeats: int) -> None:
     try:
         out = fn()
@@ -197,6 +191,17 @@ def measure(rows: list, name: str, fn, flops: float, ref: torch.Tensor, repeats:
     rows.append({"name": name, "ms": ms, "ms_back_to_back": ms_b2b, "ratio_to_naive": None,
                  "tflops": flops / (ms * 1e-3) / 1e12, "peak_extra_mib": mem, "max_abs_err": err,
                  "note": ""})
+
+
+def peer(rows: list, pattern: str, backend: str, name: str, fn, flops: float, ref: torch.Tensor, repeats: int,
+         device, dtype) -> None:
+    """A registered peer's row: measured where its checks pass, else the registry's reason as the note."""
+    reason = backends(pattern)[backend].refusal(Call(pattern, torch.device(device), dtype), forced=True)
+    if reason is not None:
+        rows.append({"name": name, "ms": None, "ms_back_to_back": None, "ratio_to_naive": None, "tflops": None,
+                     "peak_extra_mib": None, "max_abs_err": None, "note": reason})
+        return
+    measure(rows, name, fn, flops, ref, repeats)
 
 
 def finish(rows: list) -> list:
@@ -233,16 +238,8 @@ def bench_neighbour(args, dtype, device) -> dict:
         qf, kf, vf = (t.reshape(b, h, groups * length, d) for t in (q, k, v))
         measure(rows, "flex (compiled)", lambda: flex_attention(qf, kf, vf, block_mask=block_mask).reshape(q.shape),
                 flops, ref, args.repeats)
-    if (xops := _xformers()) is not None:
-        def xformers_naive():
-            outs = []
-            for gg, row in enumerate(index_cpu.tolist()):
-                kk = torch.cat([k[:, :, j] for j in row], 2)
-                vv = torch.cat([v[:, :, j] for j in row], 2)
-                outs.append(xops.memory_efficient_attention(q[:, :, gg].transpose(1, 2), kk.transpose(1, 2),
-                                                            vv.transpose(1, 2)).transpose(1, 2))
-            return torch.stack(outs, 2)
-        measure(rows, "xformers (concat)", xformers_naive, flops, ref, args.repeats)
+    peer(rows, "neighbour", "xformers", "xformers (block-diagonal, gathered K/V)",
+         lambda: peers.neighbour_xformers(q, k, v, index_cpu), flops, ref, args.repeats, device, dtype)
     if CUDA and triton_available():
         measure(rows, "triton", lambda: neighbour.triton_path(q, k, v, index), flops, ref, args.repeats)
     # The ceiling of any SDPA-based path: the attention product alone on keys gathered beforehand
@@ -377,11 +374,21 @@ def bench_region(args, dtype, device) -> dict:
         flops, ref, args.repeats)
     if args.flex and (flex := _flex()):
         flex_attention, create_block_mask = flex
+        # Fed as Strata's kernels are: tokens sorted by region (the cached plan's order), so whole blocks
+        # of the mask are empty or full; the block mask built once, outside the timing.
+        order = plan.order
+        sorted_map = region_map[order]
+        q_sorted = q[:, :, order]  # batch 1: the plan's flat token index is the token
 
         def mask_mod(bb, hh, qi, ki):
-            return region_map[qi] == ki // tokens
+            return sorted_map[qi] == ki // tokens
         block_mask = create_block_mask(mask_mod, None, None, n, regions * tokens, device=device)
-        measure(rows, "flex (compiled)", lambda: flex_attention(q, k, v, block_mask=block_mask), flops, ref, args.repeats)
+
+        def flex_sorted():
+            return torch.zeros_like(q).index_copy_(2, order, flex_attention(q_sorted, k, v, block_mask=block_mask))
+        measure(rows, "flex (compiled, region-sorted tokens)", flex_sorted, flops, ref, args.repeats)
+    peer(rows, "region", "xformers", "xformers (block-diagonal, cached plan)",
+         lambda: peers.region_xformers(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats, device, dtype)
     if CUDA and triton_available():
         measure(rows, "triton", lambda: region.triton_path(q, k, v, region_map, tokens), flops, ref, args.repeats)
         measure(rows, "triton (cached plan)", lambda: region.triton_path(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats)
@@ -450,6 +457,8 @@ def bench_blended(args, dtype, device) -> dict:
     measure(rows, "reference", lambda: blended.reference(q, k, v, q_hat, w), flops, ref, max(2, args.repeats // 3))
     measure(rows, "naive", lambda: blended.naive(q, k, v, q_hat, w), flops, ref, args.repeats)
     measure(rows, "torch", lambda: blended.torch_path(q, k, v, q_hat, w), flops, ref, args.repeats)
+    peer(rows, "blended", "xformers", "xformers", lambda: peers.blended_xformers(q, k, v, q_hat, w), flops, ref,
+         args.repeats, device, dtype)
     if CUDA and triton_available():
         measure(rows, "triton", lambda: blended.triton_path(q, k, v, q_hat, w), flops, ref, args.repeats)
     return {"shape": dict(batch=b, heads=h, queries=n, head_dim=d), "rows": finish(rows)}

@@ -5,7 +5,7 @@
     python -m benchmarks.attention_configs --waves        # region kernel: 64…68 chunks of 64 rows
 
 The tables in kernels/neighbour.py (CONFIGS) and kernels/region.py (CONFIG, WIDE_CONFIG, GPU_MAX_CHUNK)
-come from this script, and kernels.dispatch.sdpa_wins from --crossover.
+come from this script, and kernels.registry.sdpa_wins from --crossover.
 Neighbour: 6 groups × 1024 queries (--length), 8 heads, 3 neighbours, bf16, every (block_m, block_n,
 num_warps, num_stages) below with the head dim split into two tiles, then the fastest of them
 again with one padded tile.
@@ -83,7 +83,7 @@ def sweep_region(d: int, dtype) -> list[dict]:
 def crossover(dtype) -> dict:
     """Neighbour (6 groups, 3 neighbours) at 2048 and 4096 queries and blended (one group) at 1024,
     2048 and 4096: torch path and fused kernel, each × faster than the naive path. The data behind
-    kernels.dispatch.sdpa_wins."""
+    kernels.registry.sdpa_wins."""
     from kernels import blended
     index_cpu = neighbour.ring_index(6)
     index = index_cpu.cuda()

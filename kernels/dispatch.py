@@ -1,12 +1,13 @@
-"""Pick an implementation per call: triton on CUDA when triton imports, torch otherwise (and on CUDA
-wherever SDPA's own kernel measured faster: long neighbour calls and every blended call, `sdpa_wins`).
-Region attention on the CPU in float32 runs the fused C++ loop (`kernels.region_cpp`, "cpp") when its
-extension builds, else torch.
+"""Pick an implementation per call from the registry (`kernels.registry`): the first backend whose
+checks pass. By default that is triton on CUDA (torch wherever SDPA measured faster, `sdpa_wins`), the
+fused C++ loop for float32 region attention on the CPU, torch otherwise; a call that needs gradients
+(some input requires grad, grad mode on) skips the forward-only kernels.
 
 The choice can be forced for a block of code (`with use_backend("torch"): …`), for the process
-(STRATA_ATTENTION_BACKEND=reference|torch|triton|naive|cpp), or per call (backend=…); "cpp" exists for
-region attention only, and the other patterns run torch under it. It is visible:
-`backend_for(device)` says what would run, and every call records what did (`last_backend()`).
+(STRATA_ATTENTION_BACKEND=<name>), or per call (backend=…); a forced backend must pass its checks
+(else the call fails saying why), and one a pattern does not have (e.g. "cpp" for neighbour attention)
+leaves that pattern to the automatic choice. It is visible: `backend_for(…)` says what would run,
+every call records what did (`last_backend()`), and `last_choice(pattern)` why the others did not.
 """
 
 from __future__ import annotations
@@ -17,23 +18,15 @@ import os
 
 import torch
 
-from kernels import blended, neighbour, region, region_cpp
+from kernels.registry import BACKENDS, Call, Choice, backends, choose, sdpa_wins  # noqa: F401 (re-exported)
 
-BACKENDS = ("reference", "naive", "torch", "triton", "cpp")
-_IMPLEMENTATIONS = {
-    "neighbour": {"reference": neighbour.reference, "naive": neighbour.naive, "torch": neighbour.torch_path,
-                  "triton": neighbour.triton_path},
-    "region": {"reference": region.reference, "naive": region.naive, "torch": region.torch_path,
-               "triton": region.triton_path, "cpp": region_cpp.cpp_path},
-    "blended": {"reference": blended.reference, "naive": blended.naive, "torch": blended.torch_path,
-                "triton": blended.triton_path},
-}
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("strata_attention_backend", default=None)
 _last: contextvars.ContextVar[dict] = contextvars.ContextVar("strata_attention_last")
 
 
 def triton_available() -> bool:
-    return neighbour.triton is not None
+    from kernels._triton import triton
+    return triton is not None
 
 
 def _check_backend(name: str) -> str:
@@ -42,33 +35,31 @@ def _check_backend(name: str) -> str:
     return name
 
 
-def sdpa_wins(pattern: str, queries: int, head_dim: int) -> bool:
-    """Where the torch path beat the fused kernel on an H100 (benchmarks/RESULTS.md). Neighbour: 4096
-    queries per group at head dims 40, 64 and 160, where the gather is cheap next to the attention and
-    SDPA's kernel is faster than ours (at ≤ 2048 queries, and at head dim 80, the fused kernel won).
-    Blended: lerp + SDPA ran 1.06–1.30× the naive path at every measured shape, the fused kernel
-    0.50–1.44× (ahead at one or two of twelve shapes per run), so SDPA always; the fused kernel saves
-    only the blended-query tensor (force it with backend="triton")."""
-    if pattern == "blended":
-        return True
-    return pattern == "neighbour" and queries >= 4096 and head_dim != 80
+def forced_backend() -> str | None:
+    """The backend asked for by `use_backend` or STRATA_ATTENTION_BACKEND, if any."""
+    forced = _forced.get() or os.environ.get("STRATA_ATTENTION_BACKEND")
+    return _check_backend(forced) if forced else None
+
+
+def needs_grad(*tensors) -> bool:
+    """Will autograd want a gradient through a call on these tensors (grad mode on, one requires grad)?"""
+    return torch.is_grad_enabled() and any(torch.is_tensor(t) and t.requires_grad for t in tensors)
+
+
+def choice_for(device: torch.device | str, pattern: str = "neighbour", queries: int | None = None,
+               head_dim: int | None = None, dtype: torch.dtype | None = None, needs_grad: bool = False,
+               backend: str | None = None) -> Choice:
+    """The backend a call with these properties would run now, and why the others were skipped."""
+    call = Call(pattern, torch.device(device), dtype, queries, head_dim, needs_grad)
+    return choose(call, _check_backend(backend) if backend else forced_backend())
 
 
 def backend_for(device: torch.device | str, pattern: str | None = None, queries: int | None = None,
-                head_dim: int | None = None, dtype: torch.dtype | None = None) -> str:
-    """The backend a call on this device would use now (pattern, queries, head_dim: the call's pattern
-    and shape, for the rule `sdpa_wins`; dtype: region attention's fused CPU loop is float32 only).
+                head_dim: int | None = None, dtype: torch.dtype | None = None, needs_grad: bool = False) -> str:
+    """The name of the backend a call on this device would use now (pattern defaults to neighbour;
+    queries, head_dim: the call's shape, for `sdpa_wins`; dtype: the fused CPU loop is float32 only).
     Asking about region attention on the CPU builds the C++ extension if it is not built yet."""
-    forced = _forced.get() or os.environ.get("STRATA_ATTENTION_BACKEND")
-    if forced:
-        name = _check_backend(forced)
-        return "torch" if name == "cpp" and pattern not in (None, "region") else name
-    if triton_available() and torch.device(device).type == "cuda":
-        return "torch" if pattern is not None and sdpa_wins(pattern, queries, head_dim) else "triton"
-    if (pattern == "region" and torch.device(device).type == "cpu" and dtype == torch.float32
-            and region_cpp.available()):
-        return "cpp"
-    return "torch"
+    return choice_for(device, pattern or "neighbour", queries, head_dim, dtype, needs_grad).backend
 
 
 @contextlib.contextmanager
@@ -83,18 +74,23 @@ def use_backend(name: str | None):
 
 def last_backend(pattern: str | None = None):
     """What the last call ran: {pattern: backend}, or one pattern's backend."""
-    record = _last.get({})
+    record = {p: c.backend for p, c in _last.get({}).items()}
     return record if pattern is None else record.get(pattern)
 
 
-def _run(pattern: str, backend: str | None, device, *args, shape: tuple | None = None, **kwargs):
-    name = _check_backend(backend) if backend else backend_for(device, pattern, *(shape or (None, None)))
-    if name not in _IMPLEMENTATIONS[pattern]:
-        raise ValueError(f"backend {name!r}: no {pattern} attention (it has {', '.join(_IMPLEMENTATIONS[pattern])})")
+def last_choice(pattern: str) -> Choice | None:
+    """The last call of this pattern: its backend and why each one tried before it was skipped."""
+    return _last.get({}).get(pattern)
+
+
+def _dispatch(pattern: str, backend: str | None, tensors: tuple, shape: tuple) -> Choice:
+    """Choose the backend for a call on these tensors (q first) and record the choice."""
+    q = tensors[0]
+    choice = choice_for(q.device, pattern, *shape, dtype=q.dtype, needs_grad=needs_grad(*tensors), backend=backend)
     record = dict(_last.get({}))
-    record[pattern] = name
+    record[pattern] = choice
     _last.set(record)
-    return _IMPLEMENTATIONS[pattern][name](*args, **kwargs)
+    return choice
 
 
 def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: str | None = None):
@@ -107,21 +103,23 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
     if index.dim() != 2 or index.shape[0] != q.shape[2] or (
             index.device.type == "cpu" and bool(((index >= q.shape[2]) | (index < -1)).any())):
         raise ValueError(f"index: expected ({q.shape[2]}, M) entries in [-1, {q.shape[2]}), got {tuple(index.shape)}")
-    return _run("neighbour", backend, q.device, q, k, v, index, scale, q_hat=q_hat, w=w, shape=(q.shape[3], q.shape[4]))
+    choice = _dispatch("neighbour", backend, (q, k, v, q_hat), (q.shape[3], q.shape[4]))
+    return backends("neighbour")[choice.backend].run(q, k, v, index, scale, q_hat=q_hat, w=w)
 
 
 def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None,
                      segments=None):
     """Token n of q attends to key segment region[n] only (see kernels.region). plan: a cached
-    `make_plan` for the torch, triton and cpp paths; segments: cached `gather_segments` for the torch
-    path (the others read k and v in place)."""
-    name = _check_backend(backend) if backend else backend_for(q.device, "region", dtype=q.dtype)  # once per call
-    extra = {"plan": plan} if plan is not None and name in ("torch", "triton", "cpp") else {}
+    `make_plan` for the torch, triton, cpp and xformers paths; segments: cached `gather_segments` for
+    the torch path (the others read k and v in place)."""
+    name = _dispatch("region", backend, (q, k, v), (q.shape[2], q.shape[3])).backend
+    extra = {"plan": plan} if plan is not None and name in ("torch", "triton", "cpp", "xformers") else {}
     if segments is not None and name == "torch":
         extra["segments"] = segments
-    return _run("region", name, q.device, q, k, v, region, segment_length, scale, **extra)
+    return backends("region")[name].run(q, k, v, region, segment_length, scale, **extra)
 
 
 def blended_attention(q, k, v, q_hat, w, scale=None, backend: str | None = None):
     """Attention with q' = (1 − w)·q + w·q̂ (see kernels.blended)."""
-    return _run("blended", backend, q.device, q, k, v, q_hat, w, scale, shape=(q.shape[2], q.shape[3]))
+    choice = _dispatch("blended", backend, (q, k, v, q_hat), (q.shape[2], q.shape[3]))
+    return backends("blended")[choice.backend].run(q, k, v, q_hat, w, scale)

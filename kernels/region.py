@@ -27,20 +27,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.neighbour import check_triton_inputs, split_head_dim
+from kernels._triton import check_triton_inputs, split_head_dim, tl, triton
 
-try:
-    import triton
-    import triton.language as tl
-
-    from kernels.neighbour import online_softmax_block
+if triton is not None:
+    from kernels._triton import online_softmax_block
 
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError:  # Triton before 3.4
         TensorDescriptor = None
-except ImportError:
-    triton = None
 
 
 def _check(q, k, region, segment_length):

@@ -13,6 +13,9 @@ def test_quick_attention_benchmark_writes_every_table(tmp_path, capsys):
     assert json.loads(out.read_text())["patterns"].keys() == {"neighbour", "region", "blended"}
     for pattern, data in result["patterns"].items():
         for row in data["rows"]:  # every implementation that ran agrees with the float64 reference
+            if row["name"].startswith("xformers") and not attention.CUDA:  # the registry says why not
+                assert row["ms"] is None and "no CPU kernels" in row["note"], row
+                continue
             assert row["ms"] and row["max_abs_err"] < 1e-4, (pattern, row)
     region = result["patterns"]["region"]
     assert region["torch_vs_plain_ratio"] > 0 and region["torch_vs_plain_ratio_processor_layout"] > 0

@@ -11,7 +11,8 @@ import torch
 from kernels import (backend_for, blended_attention, gather_segments, last_backend, make_plan, neighbour_attention,
                      region_attention, triton_available, use_backend)
 from kernels import blended, neighbour, region
-from kernels.neighbour import split_head_dim, window_start
+from kernels._triton import split_head_dim
+from kernels.neighbour import window_start
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
