@@ -40,7 +40,7 @@ from world.models import build_components, build_controlnet, scheduler_config
 from world.oracle import box_iou, read_image
 from world.orbit import control_map, render_orbit, sample_orbit_spec
 from world.street import render_street_frame, sample_street_clip
-from world.train import to_tensor
+from pipelines.conditioning import images_to_tensor
 
 STEPS, GUIDANCE = 20, 4.0
 
@@ -121,7 +121,7 @@ def vae_psnr(vae, n: int, seed: int) -> float:
     images = [render_flat(sample_flat_spec(int(rng.integers(2**31)), (0, 5))).image for _ in range(n // 2)]
     images += [v.rgb for s in range(n // 4) for v in render_orbit(sample_orbit_spec(10**7 + seed + s), [s % 8])]
     images += [v.rgb for s in range(n // 4) for v in render_street_frame(sample_street_clip(10**7 + seed + s, n_frames=1), 0, [s % 6])]
-    x = to_tensor(images)
+    x = images_to_tensor(images)
     recon = torch.cat([vae(x[i:i + 16], sample_posterior=False).sample for i in range(0, len(x), 16)]).clamp(-1, 1)
     mse = ((recon - x) / 2).pow(2).mean((1, 2, 3))
     return float((10 * torch.log10(1 / mse)).mean())

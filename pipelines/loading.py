@@ -33,7 +33,7 @@ def resolve_model(model: str | os.PathLike | None, embedded_path: Path = EMBEDDE
     if model is None or str(model) == EMBEDDED:
         if not (embedded_path / "model_index.json").exists() and not (embedded_path / "config.json").exists():
             raise ModelLoadError(f"the embedded default model is missing at {embedded_path}; "
-                                 "train it with `python -m world.train` or check out the repository's weights/")
+                                 "train it with `python -m training.train` or check out the repository's weights/")
         return str(embedded_path)
     path = Path(model).expanduser()
     if path.exists():

@@ -50,7 +50,7 @@ def test_loader_rejects_a_folder_that_is_not_diffusers(tmp_path):
 
 def test_embedded_default_loads_when_shipped():
     if not (EMBEDDED_MODEL / "model_index.json").exists():
-        with pytest.raises(ModelLoadError, match="world.train"):
+        with pytest.raises(ModelLoadError, match="training.train"):
             load_pipeline("embedded")
         return
     pipe = load_pipeline("embedded")

@@ -4,7 +4,7 @@ import json
 
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
-from world.train import main as train
+from training.train import main as train
 
 
 def test_train_all_stages_resume_and_export(tmp_path):

@@ -1,8 +1,7 @@
-"""Cameras and vectorised ray casting of the 3D worlds' primitives.
+"""Vectorised ray casting of the 3D worlds' primitives, through `formats.Camera`s.
 
 World frame: z up, ground plane z = 0. Cameras use the OpenCV convention (x right, y down, z
 forward); `Camera.rays` scales directions so that the ray parameter t *is* the z-depth.
-nerfstudio's transforms.json uses OpenGL camera axes (x right, y up, z back): see `c2w_opengl`.
 """
 
 from __future__ import annotations
@@ -11,63 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
-
-
-@dataclass(frozen=True)
-class Camera:
-    c2w: np.ndarray  # (4, 4) camera-to-world, OpenCV axes
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    @staticmethod
-    def from_fov(c2w: np.ndarray, fov_deg: float, width: int, height: int) -> "Camera":
-        """A pinhole camera with horizontal field of view fov_deg and square pixels."""
-        if not 1.0 <= fov_deg < 179.0:
-            raise ValueError(f"fov_deg: expected a horizontal field of view in [1, 179), got {fov_deg}")
-        if width < 1 or height < 1:
-            raise ValueError(f"width/height: expected positive image size, got {width}×{height}")
-        f = width / 2 / np.tan(np.radians(fov_deg) / 2)
-        return Camera(np.asarray(c2w, dtype=np.float64), f, f, width / 2, height / 2, width, height)
-
-    @property
-    def K(self) -> np.ndarray:
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
-
-    @property
-    def w2c(self) -> np.ndarray:
-        return np.linalg.inv(self.c2w)
-
-    def c2w_opengl(self) -> np.ndarray:
-        return self.c2w @ OPENCV_TO_OPENGL
-
-    def rays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Origins (H, W, 3) and directions (H, W, 3) through pixel centres; t along them is z-depth."""
-        u = np.arange(self.width) + 0.5
-        v = np.arange(self.height) + 0.5
-        uu, vv = np.meshgrid(u, v, indexing="xy")
-        d_cam = np.stack([(uu - self.cx) / self.fx, (vv - self.cy) / self.fy, np.ones_like(uu)], -1)
-        dirs = d_cam @ self.c2w[:3, :3].T
-        origins = np.broadcast_to(self.c2w[:3, 3], dirs.shape)
-        return origins, dirs
-
-    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """World points (..., 3) → pixel coordinates (..., 2) (continuous, pixel centres at +0.5) and z."""
-        cam = points @ self.w2c[:3, :3].T + self.w2c[:3, 3]
-        z = cam[..., 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = np.stack([self.fx * cam[..., 0] / z + self.cx, self.fy * cam[..., 1] / z + self.cy], -1)
-        return uv, z
-
-    def unproject(self, depth: np.ndarray) -> np.ndarray:
-        """z-depth (H, W) → world points (H, W, 3)."""
-        origins, dirs = self.rays()
-        return origins + dirs * depth[..., None]
-
+from formats.cameras import Camera
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenCV camera-to-world matrix for a camera at eye looking at target."""

@@ -1,6 +1,6 @@
 """The embedded default model's architecture: tiny Stable-Diffusion-style components.
 
-One place for the configs, used by the trainer (`world.train`) and by the benchmarks' random-weight
+One place for the configs, used by the trainer (`training.train`) and by the benchmarks' random-weight
 baselines. Latents are 4 × 16 × 16 for 64 × 64 images (the VAE downsamples by 4).
 """
 

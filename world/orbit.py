@@ -7,14 +7,14 @@ object) whose re-render gives the new per-view control maps.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from formats.cameras import Camera, write_transforms
 from world.flat import caption_for
-from world.geometry import Camera, Primitive, RenderedView, look_at, render_primitives
+from world.geometry import Primitive, RenderedView, look_at, render_primitives
 from world.vocab import BACKGROUNDS, COLOURS, ORBIT_PRIMITIVES, check_word, object_phrase
 
 
@@ -168,35 +168,13 @@ def write_nerfstudio_dataset(spec: OrbitSpec, views: list[RenderedView], folder:
     folder = Path(folder)
     for sub in ("images", "depths", "masks"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    cam0 = views[0].camera
-    frames = []
-    for k, view in enumerate(views):
-        name = f"frame_{k:05d}.png"
+    names = [f"frame_{k:05d}.png" for k in range(len(views))]
+    for name, view in zip(names, views):
         Image.fromarray(view.rgb).save(folder / "images" / name)
         depth_mm = np.where(np.isfinite(view.depth), np.round(view.depth * 1000), 0).clip(0, 65535)
         Image.fromarray(depth_mm.astype(np.uint16)).save(folder / "depths" / name)
         Image.fromarray(((view.instance > 0) * 255).astype(np.uint8)).save(folder / "masks" / name)
-        frames.append({"file_path": f"images/{name}", "depth_file_path": f"depths/{name}",
-                       "mask_path": f"masks/{name}", "transform_matrix": view.camera.c2w_opengl().tolist()})
-    transforms = {"camera_model": "OPENCV", "fl_x": cam0.fx, "fl_y": cam0.fy, "cx": cam0.cx, "cy": cam0.cy,
-                  "w": cam0.width, "h": cam0.height, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
-                  "depth_unit_scale_factor": 0.001, "frames": frames,
-                  "strata_scene": {"caption": spec.caption}}
-    (folder / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    write_transforms(folder, [view.camera for view in views], [f"images/{n}" for n in names],
+                     [f"depths/{n}" for n in names], [f"masks/{n}" for n in names], depth_scale=0.001,
+                     extra={"strata_scene": {"caption": spec.caption}})
     return folder
-
-
-def read_transforms(path: str | Path) -> list[Camera]:
-    """Cameras (OpenCV axes) from a nerfstudio transforms.json."""
-    path = Path(path)
-    data = json.loads(path.read_text())
-    for key in ("fl_x", "fl_y", "cx", "cy", "w", "h", "frames"):
-        if key not in data:
-            raise ValueError(f"{path}: transforms.json is missing the field {key!r}")
-    cams = []
-    for i, frame in enumerate(data["frames"]):
-        if "transform_matrix" not in frame:
-            raise ValueError(f"{path}: frames[{i}] is missing the field 'transform_matrix'")
-        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64) @ np.linalg.inv(np.diag([1.0, -1, -1, 1]))
-        cams.append(Camera(c2w, data["fl_x"], data["fl_y"], data["cx"], data["cy"], int(data["w"]), int(data["h"])))
-    return cams

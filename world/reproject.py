@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world.geometry import Camera
+from formats.cameras import Camera
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,17 @@
 """The street world: a road with box cars, trucks and pedestrians, a 6-camera rig, ego motion.
 
-Frames: world x along the road, y to the left, z up. The ego vehicle's frame is the same with its
-origin at the ego position. Cameras use OpenCV axes. The rig follows nuScenes' yaw order (front,
-front-right, back-right, back, back-left, front-left); neighbouring fields of view overlap by 8–9°.
-
-Layout JSON (`StreetClip.to_json` / `StreetClip.from_json`), version 1:
-
-    {"version": 1,
-     "image_size": [W, H],
-     "rig": [{"name": "CAM_FRONT", "yaw_deg": 0.0, "fov_deg": 64.0,
-              "intrinsics": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],
-              "extrinsics": 4×4 camera-to-ego (OpenCV camera axes)}, … 6 cameras],
-     "frames": [{"ego_pose": 4×4 ego-to-world,
-                 "boxes": [{"id": int, "class": "car"|"truck"|"pedestrian", "colour": palette word,
-                            "size": [length, width, height] m, "yaw": radians (world),
-                            "position": [x, y, z] world centre of the box, m}, …]}, …]}
+Clips are `formats.layout.StreetClip`s (the product's layout JSON, documented there); this module
+samples and renders them. Frames: world x along the road, y to the left, z up. Cameras use OpenCV
+axes. The rig follows nuScenes' yaw order (front, front-right, back-right, back, back-left,
+front-left); neighbouring fields of view overlap by 8–9°.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
-from world.geometry import Camera, Primitive, RenderedView, render_primitives
+from formats.layout import RigCamera, StreetBox, StreetClip, StreetFrame
+from world.geometry import Primitive, RenderedView, render_primitives
 from world.vocab import BACKGROUNDS, COLOURS, LANE_PAINT, STREET_CLASSES, check_word
 
 # (name, yaw in degrees, horizontal field of view in degrees), nuScenes order.
@@ -43,132 +29,12 @@ SIDEWALK_WIDTH = 2.0
 CLASS_SIZES = {"car": (4.2, 1.8, 1.5), "truck": (7.0, 2.4, 3.0), "pedestrian": (0.6, 0.6, 1.75)}
 
 
-@dataclass(frozen=True)
-class RigCamera:
-    name: str
-    yaw_deg: float
-    fov_deg: float
-    intrinsics: np.ndarray  # (3, 3)
-    extrinsics: np.ndarray  # (4, 4) camera-to-ego, OpenCV camera axes
-
-
-@dataclass(frozen=True)
-class StreetBox:
-    id: int
-    cls: str
-    colour: str
-    size: tuple[float, float, float]  # length, width, height (m)
-    yaw: float  # radians, world frame
-    position: tuple[float, float, float]  # world centre (m)
-
-    def __post_init__(self):
-        check_word("class", self.cls, STREET_CLASSES)
-        check_word("colour", self.colour, COLOURS)
-        if len(self.size) != 3 or min(self.size) <= 0:
-            raise ValueError(f"size: expected three positive lengths [l, w, h] in metres, got {self.size!r}")
-        if len(self.position) != 3:
-            raise ValueError(f"position: expected [x, y, z], got {self.position!r}")
-
-    def to_primitive(self) -> Primitive:
-        half = tuple(s / 2 for s in self.size)
-        return Primitive("box", tuple(self.position), half, self.yaw, COLOURS[self.colour],
-                         COLOURS[STREET_CLASSES[self.cls]])
-
-
-@dataclass(frozen=True)
-class StreetFrame:
-    ego_pose: np.ndarray  # (4, 4) ego-to-world
-    boxes: tuple[StreetBox, ...]
-
-
-@dataclass(frozen=True)
-class StreetClip:
-    rig: tuple[RigCamera, ...]
-    frames: tuple[StreetFrame, ...]
-    image_size: tuple[int, int]  # (W, H)
-
-    def cameras(self, frame: int) -> list[Camera]:
-        """The rig's cameras placed at this frame's ego pose."""
-        pose = self.frames[frame].ego_pose
-        w, h = self.image_size
-        return [Camera(pose @ cam.extrinsics, cam.intrinsics[0, 0], cam.intrinsics[1, 1],
-                       cam.intrinsics[0, 2], cam.intrinsics[1, 2], w, h) for cam in self.rig]
-
-    def to_json(self) -> dict:
-        return {
-            "version": 1,
-            "image_size": list(self.image_size),
-            "rig": [{"name": c.name, "yaw_deg": c.yaw_deg, "fov_deg": c.fov_deg,
-                     "intrinsics": c.intrinsics.tolist(), "extrinsics": c.extrinsics.tolist()} for c in self.rig],
-            "frames": [{"ego_pose": f.ego_pose.tolist(),
-                        "boxes": [{"id": b.id, "class": b.cls, "colour": b.colour, "size": list(b.size),
-                                   "yaw": b.yaw, "position": list(b.position)} for b in f.boxes]}
-                       for f in self.frames],
-        }
-
-    @staticmethod
-    def from_json(data: dict) -> "StreetClip":
-        """Parse and validate a layout; a missing or malformed field raises ValueError naming it."""
-        _require(data, "layout", ("version", "image_size", "rig", "frames"))
-        if data["version"] != 1:
-            raise ValueError(f"layout.version: expected 1, got {data['version']!r}")
-        size = data["image_size"]
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-            raise ValueError(f"layout.image_size: expected [width, height] positive integers, got {size!r}")
-        if not data["rig"]:
-            raise ValueError("layout.rig: expected at least one camera, got 0")
-        rig = []
-        for i, cam in enumerate(data["rig"]):
-            _require(cam, f"layout.rig[{i}]", ("name", "yaw_deg", "fov_deg", "intrinsics", "extrinsics"))
-            rig.append(RigCamera(cam["name"], float(cam["yaw_deg"]), float(cam["fov_deg"]),
-                                 _matrix(cam["intrinsics"], (3, 3), f"layout.rig[{i}].intrinsics"),
-                                 _matrix(cam["extrinsics"], (4, 4), f"layout.rig[{i}].extrinsics")))
-        frames = []
-        for i, frame in enumerate(data["frames"]):
-            _require(frame, f"layout.frames[{i}]", ("ego_pose", "boxes"))
-            boxes = []
-            for j, box in enumerate(frame["boxes"]):
-                where = f"layout.frames[{i}].boxes[{j}]"
-                _require(box, where, ("id", "class", "size", "yaw", "position"))
-                try:
-                    boxes.append(StreetBox(int(box["id"]), box["class"], box.get("colour", STREET_CLASSES.get(box["class"], "blue")),
-                                           tuple(float(s) for s in box["size"]), float(box["yaw"]),
-                                           tuple(float(p) for p in box["position"])))
-                except (ValueError, TypeError) as err:
-                    raise ValueError(f"{where}.{err}") from None
-            frames.append(StreetFrame(_matrix(frame["ego_pose"], (4, 4), f"layout.frames[{i}].ego_pose"), tuple(boxes)))
-        if not frames:
-            raise ValueError("layout.frames: expected at least one frame, got 0")
-        return StreetClip(tuple(rig), tuple(frames), (size[0], size[1]))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
-
-    @staticmethod
-    def load(path: str | Path) -> "StreetClip":
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        return StreetClip.from_json(data)
-
-
-def _require(obj, where: str, keys) -> None:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected an object, got {type(obj).__name__}")
-    for key in keys:
-        if key not in obj:
-            raise ValueError(f"{where}: missing field {key!r}")
-
-
-def _matrix(value, shape, where: str) -> np.ndarray:
-    try:
-        m = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise ValueError(f"{where}: expected a {shape[0]}×{shape[1]} matrix of numbers") from None
-    if m.shape != shape or not np.isfinite(m).all():
-        raise ValueError(f"{where}: expected a finite {shape[0]}×{shape[1]} matrix, got shape {m.shape}")
-    return m
+def box_primitive(box: StreetBox) -> Primitive:
+    """A layout box as the renderer's solid: its colour word from the palette (unset: its class's
+    layout colour), its silhouette in its class's layout colour."""
+    colour = check_word("colour", box.colour or STREET_CLASSES[box.cls], COLOURS)
+    half = tuple(s / 2 for s in box.size)
+    return Primitive("box", tuple(box.position), half, box.yaw, COLOURS[colour], COLOURS[STREET_CLASSES[box.cls]])
 
 
 def make_rig(image_size: tuple[int, int] = (64, 64), n_cameras: int = 6) -> tuple[RigCamera, ...]:
@@ -250,7 +116,7 @@ def render_street_frame(clip: StreetClip, frame: int, cameras: list[int] | None 
     """Per-camera RGB, depth, instance ids and layout map of one frame (all cameras, or those listed)."""
     if not 0 <= frame < len(clip.frames):
         raise IndexError(f"frame: {frame} does not exist; the clip has {len(clip.frames)} frames")
-    prims = [b.to_primitive() for b in clip.frames[frame].boxes]
+    prims = [box_primitive(b) for b in clip.frames[frame].boxes]
     cams = clip.cameras(frame)
     return [render_primitives(cams[k], prims, street_ground) for k in (range(len(cams)) if cameras is None else cameras)]
 

@@ -7,13 +7,13 @@ Stages (each resumes from its own last checkpoint in --out/<stage>/):
   controlnet  ControlNet on orbit and street layout maps + depth, UNet and text encoder frozen
   export      fp16 safetensors diffusers folders into weights/ (world-sd, world-controlnet)
 
-    python -m world.train --stage vae --steps 3000
-    python -m world.train --stage vae --steps 4000 --decoder-only   # later: sharpen the decoder only
-    python -m world.train --stage t2i --steps 20000 --batch 48
-    python -m world.train --stage controlnet --steps 5000
-    python -m world.train --stage export
+    python -m training.train --stage vae --steps 3000
+    python -m training.train --stage vae --steps 4000 --decoder-only   # later: sharpen the decoder only
+    python -m training.train --stage t2i --steps 20000 --batch 48
+    python -m training.train --stage controlnet --steps 5000
+    python -m training.train --stage export
 
-`accelerate launch -m world.train …` runs the same on GPUs (bf16 autocast there).
+`accelerate launch -m training.train …` runs the same on GPUs (bf16 autocast there).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pipelines.conditioning import encode_prompt, images_to_tensor
 from world.flat import is_held_out, render_flat, sample_flat_spec
 from world.models import build_components, build_controlnet, scheduler_config
 from world.orbit import control_map, render_orbit, sample_orbit_spec
@@ -46,11 +47,6 @@ SAMPLE_CAPTIONS = ["a red circle on grass", "a blue square on sand", "a yellow t
 
 # ---- data, generated on the fly -------------------------------------------------------------------
 
-def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """uint8 (H, W, 3) images → float (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def flat_batch(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
     """Flat scenes, mostly with 1–2 objects (what the text-to-image benchmark asks), some 0 or 3."""
     images, captions = [], []
@@ -62,7 +58,7 @@ def flat_batch(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list
         scene = render_flat(spec)
         images.append(scene.image)
         captions.append(scene.caption)
-    return to_tensor(images), captions
+    return images_to_tensor(images), captions
 
 
 def control_batch(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -82,14 +78,14 @@ def control_batch(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, t
                 controls.append(control_map(view, max_depth=40.0))
                 captions.append("a street view")
     control = torch.from_numpy(np.stack(controls[:batch])).permute(0, 3, 1, 2)
-    return to_tensor(images[:batch]), control, captions[:batch]
+    return images_to_tensor(images[:batch]), control, captions[:batch]
 
 
 def vae_batch(rng: np.random.Generator, batch: int) -> torch.Tensor:
     n_flat = batch * 3 // 4
     images = [render_flat(sample_flat_spec(int(rng.integers(2**31)), (0, 5), max_overlap=0.3)).image for _ in range(n_flat)]
     extra, _, _ = control_batch(rng, batch - n_flat)
-    return torch.cat([to_tensor(images), extra])
+    return torch.cat([images_to_tensor(images), extra])
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
@@ -211,10 +207,8 @@ def train(args) -> None:
     if ema is not None:
         ema.to(device)
 
-    def encode_text(captions: list[str]) -> torch.Tensor:
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
-        return comps["text_encoder"](ids)[0]
+    def encode_text(captions: list[str]) -> torch.Tensor:  # the pipelines' own prompt encoding
+        return encode_prompt(tokenizer, comps["text_encoder"], captions, device)
 
     log = open(stage_dir / "log.jsonl", "a")
     bar = tqdm(total=args.steps, initial=step, desc=f"train {args.stage}", disable=not accelerator.is_main_process)

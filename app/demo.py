@@ -1,6 +1,6 @@
 """The day's main job until the app lands: render the three worlds and generate with the embedded model.
 
-    python -m world.demo --out out/demo
+    python -m app.demo --out out/demo
 
 Writes flat.png (scenes with captions' ground truth), orbit.png (RGB and layout rows), street.png
 (6 cameras × frames) and, when the embedded model is present, generated.png (captions → images).
