@@ -33,7 +33,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pipelines.conditioning import encode_prompt, images_to_tensor
+from pipelines.conditioning import encode_prompt, images_to_tensor, tensor_to_images
 from world.flat import is_held_out, render_flat, sample_flat_spec
 from world.models import build_components, build_controlnet, scheduler_config
 from world.orbit import control_map, render_orbit, sample_orbit_spec
@@ -285,7 +285,7 @@ def write_samples(stage: str, comps: dict, models: dict, ema: EMAModel | None, t
             x = vae_batch(rng, 8)
             recon = comps["vae"](x.to(comps["vae"].device)).sample.cpu()
             both = torch.cat([x, recon])
-            images = ((both.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            images = tensor_to_images(both)
         elif stage == "t2i":
             pipe = StableDiffusionPipeline(**{**comps, "scheduler": DDIMScheduler(**scheduler_config())})
             pipe.set_progress_bar_config(disable=True)
@@ -299,7 +299,7 @@ def write_samples(stage: str, comps: dict, models: dict, ema: EMAModel | None, t
             pipe.set_progress_bar_config(disable=True)
             out = pipe(captions, image=control, num_inference_steps=20, guidance_scale=4.0, height=64, width=64,
                        generator=torch.Generator().manual_seed(0), output_type="np").images
-            target = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            target = tensor_to_images(x)
             layout = (control[:, :3].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
             images = np.concatenate([layout, target, (out * 255).round().astype(np.uint8)])
         grid(images).save(path)
