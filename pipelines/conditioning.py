@@ -17,6 +17,23 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 T5_MAX_LENGTH = 120
 
 
+class UnknownWordsWarning(UserWarning):
+    """A prompt has words the model's tokenizer does not know (it can only spell them out)."""
+
+
+CLOSED_VOCABULARY = 10_000  # fewer tokens than this: a closed word list (the world tokenizer has ~70 words)
+
+
+def unknown_words(tokenizer, prompt: str) -> list[str]:
+    """The words of prompt outside a closed-vocabulary tokenizer's word list (the embedded model's world
+    tokenizer knows only the world's words, and spells others out in pieces it was never trained on).
+    An open tokenizer (CLIP's or T5's, tens of thousands of pieces) reads any word: nothing is reported."""
+    if len(tokenizer) >= CLOSED_VOCABULARY:
+        return []
+    return [word for word in dict.fromkeys(prompt.lower().replace(",", " ").split())
+            if len(tokenizer.tokenize(word)) > 1]
+
+
 @dataclass
 class PromptEncoding:
     """Encoded prompts, one row per prompt. hidden (n, T, C); pooled (n, C') for SDXL's added

@@ -18,16 +18,33 @@ class MaskResizedWarning(UserWarning):
 
 
 def prepare_mask(mask, height: int, width: int, field_name: str = "rough_mask") -> np.ndarray:
-    """(H, W) bool from an array or PIL image (any non-zero pixel, or alpha, counts). A mask of another
-    size is resized (nearest) with a MaskResizedWarning; an empty mask is an error."""
+    """(H, W) bool from an array or PIL image: any non-zero pixel counts (negative ones too), and of an
+    image with alpha (RGBA, LA, or an (H, W, 4) / (H, W, 2) array) the alpha channel alone. (H, W, 1)
+    and (1, H, W) masks are squeezed. A mask of another size is resized (nearest) with a
+    MaskResizedWarning; an empty mask is an error."""
     if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("RGBA"))[..., 3] if mask.mode in ("RGBA", "LA") else np.asarray(mask.convert("L"))
-    mask = np.asarray(mask)
+        mask = np.asarray(mask.convert("RGBA"))[..., 3] if mask.mode in ("RGBA", "LA", "PA") else np.asarray(mask.convert("L"))
+    try:
+        mask = np.asarray(mask)
+    except (ValueError, TypeError):
+        raise ValueError(f"{field_name}: expected an (H, W) array or image") from None
+    if mask.dtype == object or not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool):
+        raise ValueError(f"{field_name}: expected numbers or booleans, got {mask.dtype}")
+    if mask.ndim == 3 and mask.shape[0] == 1 and mask.shape[-1] not in (1, 2, 3, 4):
+        mask = mask[0]  # channel-first (1, H, W)
     if mask.ndim == 3:
-        mask = mask.max(-1)
+        channels = mask.shape[-1]
+        if channels in (2, 4):  # grey or colour with alpha: the alpha says what was painted
+            mask = mask[..., -1]
+        elif channels in (1, 3):
+            mask = np.abs(mask).max(-1)
     if mask.ndim != 2:
         raise ValueError(f"{field_name}: expected an (H, W) mask, got shape {mask.shape}")
-    mask = mask > 0
+    if not np.isfinite(mask).all() if np.issubdtype(mask.dtype, np.floating) else False:
+        raise ValueError(f"{field_name}: NaN or infinite values; expected 0 (keep) and non-zero (edit)")
+    if 0 in mask.shape:
+        raise ValueError(f"{field_name}: expected an (H, W) mask, got shape {mask.shape}")
+    mask = mask != 0
     if mask.shape != (height, width):
         warnings.warn(f"{field_name}: {mask.shape[1]}×{mask.shape[0]} mask resized to the image's {width}×{height}",
                       MaskResizedWarning, stacklevel=3)

@@ -18,6 +18,7 @@ PixArt-style transformers (T5 with a padding mask; resolution and aspect-ratio c
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,8 +31,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from attention_processors import (AttentionController, MultiQueryDisentangledProcessor, RegionState, installed_processors,
                                   region_labels)
 from attention_processors.install import is_cross_attention
-from pipelines.conditioning import (blend_latents, ddim_inversion, encode_prompts, images_to_tensor,
-                                    tensor_to_images)
+from pipelines.conditioning import (UnknownWordsWarning, blend_latents, ddim_inversion, encode_prompts,
+                                    images_to_tensor, tensor_to_images, unknown_words)
 from pipelines.outputs import LayeredEditPipelineOutput
 
 OUTPUT_TYPES = ("np", "pil", "latent")
@@ -231,6 +232,9 @@ class LayeredEditPipeline(DiffusionPipeline):
         # 1. inputs
         self.check_inputs(prompt, mask, background, scene_prompts, scene_masks, height, width, num_inference_steps,
                           guidance_scale, harmonize, start_trajectory, output_type, callback_on_step_end_tensor_inputs)
+        if unknown := unknown_words(self.tokenizer, prompt):
+            warnings.warn(f"prompt: the model does not know {', '.join(map(repr, unknown))}; it reads them letter "
+                          f"by letter", UnknownWordsWarning, stacklevel=2)
         device = self._execution_device
         prompts = [*scene_prompts, prompt] if scene_prompts else [prompt]
 

@@ -22,7 +22,7 @@ from pipelines.layered_edit.geometry import (carry_weight, composite, object_pix
                                              protected_pixels)
 from pipelines.layered_edit.pipeline import LayeredEditPipeline
 from pipelines.layered_edit.session_format import load_session, save_session
-from pipelines.layered_edit.settings import EditSettings, Layer
+from pipelines.layered_edit.settings import EditSettings, Layer, check_seed
 
 
 @dataclass
@@ -68,7 +68,7 @@ class LayeredSession:
         self.layers = layers
 
     def start_from_prompt(self, prompt: str, seed: int = 0, callback=None) -> np.ndarray:
-        prompt = _check_prompt(prompt)
+        prompt, seed = _check_prompt(prompt), check_seed(seed)
         out = self.pipe(prompt, generator=_generator(seed), callback_on_step_end=_progress(callback, self.settings),
                         **self._call_settings())
         full = np.ones((self.settings.height, self.settings.width), dtype=bool)
@@ -76,9 +76,12 @@ class LayeredSession:
         return self.composite
 
     def start_from_image(self, image, prompt: str = "", method: str = "inversion", seed: int = 0) -> np.ndarray:
-        image = _check_image(image, self.settings)
         if method not in ("inversion", "noise"):
             raise ValueError(f"method: expected 'inversion' or 'noise', got {method!r}")
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt: expected text (or '' for none), got {type(prompt).__name__}")
+        seed = check_seed(seed)
+        image = _check_image(image, self.settings)
         if method == "inversion":
             trajectory = self.pipe.invert(image, prompt, self.settings.steps)
         else:
@@ -89,7 +92,7 @@ class LayeredSession:
         return self.composite
 
     def add_layer(self, prompt: str, rough_mask, seed: int = 0, callback=None) -> np.ndarray:
-        prompt = _check_prompt(prompt)
+        prompt, seed = _check_prompt(prompt), check_seed(seed)
         mask = prepare_mask(rough_mask, self.settings.height, self.settings.width)
         if not self.layers:
             raise ValueError("session: no scene yet; start one from a prompt or an image before adding layers")
@@ -107,7 +110,7 @@ class LayeredSession:
         self._check_index(index)
         old = self.layers[index]
         prompt = old.prompt if prompt is None else _check_prompt(prompt)
-        seed = old.seed if seed is None else seed
+        seed = old.seed if seed is None else check_seed(seed)
         if index == 0:
             if mask is not None:
                 raise ValueError("mask: the background covers the whole image; it has no mask to edit")
@@ -212,7 +215,9 @@ class LayeredSession:
 
 
 def _check_prompt(prompt) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt: expected text, e.g. 'a red circle', got {type(prompt).__name__}")
+    if not prompt.strip():
         raise ValueError("prompt: empty; say what the layer should contain, e.g. 'a red circle'")
     return prompt.strip()
 
@@ -230,7 +235,7 @@ def _check_image(image, settings: EditSettings) -> np.ndarray:
         raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
     if image.shape[:2] != (settings.height, settings.width):
         raise ValueError(f"image: expected {settings.width}×{settings.height}, got {image.shape[1]}×{image.shape[0]}")
-    return image
+    return np.array(image)  # the session's own copy: the caller's array stays the caller's
 
 
 

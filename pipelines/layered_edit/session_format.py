@@ -1,10 +1,20 @@
-"""The saved-session format: a folder with session.json (settings, layer prompts and seeds) and
-memory.safetensors (masks, trajectories, images). Loads back bit-exact; version 2 (which also kept
-prompt embeddings) still loads."""
+"""The saved-session format: a folder with session.json (settings, layer prompts and seeds, and the
+sha256 of the tensors) and memory.safetensors (masks, trajectories, images). Loads back bit-exact;
+version 2 (which also kept prompt embeddings, and no hash) still loads.
+
+A save is all or nothing: both files are written into a temporary folder beside the target, which
+then takes the target's place; an interrupted save leaves the previous session as it was. A load
+checks every field against the pipeline (sizes, latent channels, kinds, seeds, finite values) before
+anything becomes a session, and refuses oversized manifests and layer counts before parsing them.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import uuid
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -12,78 +22,164 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipelines.layered_edit.settings import EditSettings, Layer
+from pipelines.layered_edit.settings import KINDS, EditSettings, Layer, check_seed
 
 SESSION_FORMAT = "strata-layered-session"
-SESSION_VERSION = 3  # 2: layers also keep their edit and object masks; 3: no prompt embeddings (re-encoded)
+SESSION_VERSION = 3  # 2: layers also keep their edit and object masks; 3: no prompt embeddings, a tensor hash
 READABLE_VERSIONS = (2, 3)  # a version-2 session's embeddings are ignored
+MANIFEST = "session.json"
+MEMORY = "memory.safetensors"
+MAX_LAYERS = 256
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 class SessionError(ValueError):
     """A session folder that is missing, corrupt or not a Strata session."""
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_session_folder(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() and (folder / MEMORY).is_file()
 
 
 def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer], latent_channels: int) -> Path:
-    """session.json (settings, layer prompts and seeds) + memory.safetensors (rough, edit and object
-    masks, trajectories, images). Loads back bit-exact."""
+    """session.json (settings, layer prompts and seeds, the tensors' sha256) + memory.safetensors
+    (rough, edit and object masks, trajectories, images), written all or nothing. An existing
+    session at folder is replaced; an existing folder that is not a session is refused."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not layers:
+        raise SessionError("session: nothing to save; start a scene first")
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not is_session_folder(folder))):
+        raise SessionError(f"folder: {folder.name!r} exists and is not a Strata session; choose another folder")
+    manifest = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "settings": settings.__dict__,
+                "latent_channels": int(latent_channels),
+                "layers": [{"prompt": l.prompt, "seed": check_seed(l.seed), "kind": l.kind} for l in layers]}
+    json.dumps(manifest)  # a field JSON cannot write fails here, before anything is written
     tensors = {}
     for i, layer in enumerate(layers):
         tensors[f"layer{i}.trajectory"] = layer.trajectory.detach().cpu().contiguous()
-        tensors[f"layer{i}.image"] = torch.from_numpy(np.ascontiguousarray(layer.image))
+        tensors[f"layer{i}.image"] = torch.from_numpy(np.array(layer.image, order="C"))  # a writable copy
         for name, mask in (("mask", layer.rough_mask), ("edit_mask", layer.edit_mask), ("object_mask", layer.object_mask)):
             tensors[f"layer{i}.{name}"] = torch.from_numpy(np.ascontiguousarray(mask.astype(np.uint8)))
-    save_file(tensors, folder / "memory.safetensors")
-    manifest = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "settings": settings.__dict__,
-                "latent_channels": int(latent_channels),
-                "layers": [{"prompt": l.prompt, "seed": l.seed, "kind": l.kind} for l in layers]}
-    (folder / "session.json").write_text(json.dumps(manifest, indent=1))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        partial.mkdir()
+        save_file(tensors, partial / MEMORY)
+        manifest["memory_sha256"] = _sha256(partial / MEMORY)
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _replace_folder(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put new where target is: renames only, so target is always either the old or the new folder."""
+    if not target.exists():
+        new.rename(target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    target.rename(old)
+    try:
+        new.rename(target)
+    except OSError:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def load_session(pipe, folder: str | Path) -> tuple[EditSettings, list[Layer]]:
-    """The settings and layers of a saved session, checked against the pipeline's latent size."""
+    """The settings and layers of a saved session, every field checked against the pipeline first.
+    Messages name the file by its name only (never the server's path)."""
     folder = Path(folder)
-    manifest_path, memory_path = folder / "session.json", folder / "memory.safetensors"
-    if not manifest_path.exists() or not memory_path.exists():
-        raise SessionError(f"{folder}: not a Strata session (expected session.json and memory.safetensors)")
+    manifest_path, memory_path = folder / MANIFEST, folder / MEMORY
+    if not is_session_folder(folder):
+        raise SessionError(f"session: not a Strata session (expected {MANIFEST} and {MEMORY})")
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise SessionError(f"{MANIFEST}: larger than {MAX_MANIFEST_BYTES >> 10} KiB; not a Strata session")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SessionError(f"{manifest_path}: corrupt session manifest ({err})") from None
+        raise SessionError(f"{MANIFEST}: corrupt session manifest ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != SESSION_FORMAT:
-        raise SessionError(f"{manifest_path}: not a Strata layered-editing session")
-    if manifest.get("version") not in READABLE_VERSIONS:
-        raise SessionError(f"{manifest_path}: session version {manifest.get('version')!r}; this Strata reads "
-                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+        raise SessionError(f"{MANIFEST}: not a Strata layered-editing session")
+    version = manifest.get("version")
+    if version not in READABLE_VERSIONS:
+        raise SessionError(f"{MANIFEST}: session version {version!r}; this Strata reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
+    settings = _settings(manifest.get("settings"), pipe)
+    channels = pipe.denoiser.config.in_channels
+    if manifest.get("latent_channels") != channels:
+        raise SessionError(f"{MANIFEST}.latent_channels: the model has {channels}, the session "
+                           f"{manifest.get('latent_channels')!r}; it was made with another model")
+    entries = manifest.get("layers")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_LAYERS:
+        raise SessionError(f"{MANIFEST}.layers: expected 1 to {MAX_LAYERS} layers, got "
+                           f"{len(entries) if isinstance(entries, list) else type(entries).__name__}")
+    entries = [_entry(e, i) for i, e in enumerate(entries)]
+    if version >= 3 and manifest.get("memory_sha256") != _sha256(memory_path):
+        raise SessionError(f"{MEMORY}: corrupt, or from another save (its hash does not match {MANIFEST})")
     try:
-        settings = EditSettings(**manifest["settings"]).sized_for(pipe)
         tensors = load_file(memory_path)
-        entries = manifest["layers"]
-    except (SafetensorError, OSError, TypeError, KeyError, ValueError) as err:
-        raise SessionError(f"{folder}: corrupt session ({type(err).__name__}: {err})") from None
-    h, w = (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-    expected = {"trajectory": ((settings.steps + 1, manifest.get("latent_channels"), h, w), None),
-                "image": ((settings.height, settings.width, 3), torch.uint8),
-                "mask": ((settings.height, settings.width), torch.uint8),
-                "edit_mask": ((settings.height, settings.width), torch.uint8),
-                "object_mask": ((settings.height, settings.width), torch.uint8)}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SessionError(f"{MEMORY}: corrupt session memory ({type(err).__name__})") from None
+    h, w = settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor
+    size = (settings.height, settings.width)
+    expected = {"trajectory": (settings.steps + 1, channels, h, w), "image": (*size, 3), "mask": size,
+                "edit_mask": size, "object_mask": size}
     layers = []
-    for i, entry in enumerate(entries):
-        for name, (shape, dtype) in expected.items():
+    for i, (prompt, seed, kind) in enumerate(entries):
+        got = {}
+        for name, shape in expected.items():
             t = tensors.get(f"layer{i}.{name}")
-            if t is None or tuple(t.shape) != shape or (dtype is not None and t.dtype != dtype):
-                raise SessionError(f"{memory_path}: layer{i}.{name} is missing or has the wrong shape/dtype "
-                                   f"(expected {shape})")
-        layers.append(Layer(str(entry["prompt"]), int(entry["seed"]), tensors[f"layer{i}.mask"].numpy().astype(bool),
-                            str(entry["kind"]), tensors[f"layer{i}.trajectory"].to(pipe.device),
-                            tensors[f"layer{i}.image"].numpy(),
-                            tensors[f"layer{i}.edit_mask"].numpy().astype(bool),
-                            tensors[f"layer{i}.object_mask"].numpy().astype(bool)))
-    if not layers:
-        raise SessionError(f"{manifest_path}: the session has no layers")
+            if t is None or tuple(t.shape) != shape:
+                raise SessionError(f"{MEMORY}: layer{i}.{name} is missing or not of shape {shape}")
+            if name == "trajectory":
+                if not t.is_floating_point() or not torch.isfinite(t).all():
+                    raise SessionError(f"{MEMORY}: layer{i}.trajectory must hold finite floating-point latents")
+                got[name] = t.to(pipe.device, pipe.denoiser.dtype)
+            elif t.dtype != torch.uint8 or (name != "image" and bool((t > 1).any())):
+                raise SessionError(f"{MEMORY}: layer{i}.{name} must be uint8" + ("" if name == "image" else " 0/1"))
+            else:
+                got[name] = t.numpy() if name == "image" else t.numpy().astype(bool)
+        layers.append(Layer(prompt, seed, got["mask"], kind, got["trajectory"], got["image"], got["edit_mask"],
+                            got["object_mask"]))
     return settings, layers
 
+
+def _settings(value, pipe) -> EditSettings:
+    names = {f.name for f in fields(EditSettings)}
+    if not isinstance(value, dict) or not set(value) <= names:
+        unknown = sorted(set(value) - names) if isinstance(value, dict) else type(value).__name__
+        raise SessionError(f"{MANIFEST}.settings: expected an object of edit settings, got {unknown}")
+    try:
+        settings = EditSettings(**value).sized_for(pipe)
+        pipe.check_size(settings.height, settings.width)
+    except (TypeError, ValueError) as err:
+        raise SessionError(f"{MANIFEST}.settings.{err}") from None
+    return settings
+
+
+def _entry(entry, i: int) -> tuple[str, int, str]:
+    where = f"{MANIFEST}.layers[{i}]"
+    if not isinstance(entry, dict):
+        raise SessionError(f"{where}: expected an object, got {type(entry).__name__}")
+    prompt, kind = entry.get("prompt"), entry.get("kind")
+    if not isinstance(prompt, str):
+        raise SessionError(f"{where}.prompt: expected text, got {type(prompt).__name__}")
+    if kind not in KINDS or (kind == "object") != (i > 0):
+        expected = "'object'" if i else f"one of {[k for k in KINDS if k != 'object']}"
+        raise SessionError(f"{where}.kind: expected {expected}, got {kind!r}")
+    try:
+        seed = check_seed(entry.get("seed"))
+    except ValueError as err:
+        raise SessionError(f"{where}.{err}") from None
+    return prompt, seed, kind

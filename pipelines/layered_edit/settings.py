@@ -9,6 +9,16 @@ import numpy as np
 import torch
 
 REPLAY_MODES = ("memory", "seed")
+# "prompt" (generated), "image" (DDIM inversion), "noise" (forward noising): backgrounds; "object": the rest
+KINDS = ("prompt", "image", "noise", "object")
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed) -> int:
+    """seed as an int, or a ValueError naming it: an integer (Python or numpy) in 0..2^63 − 1."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed: expected an integer in 0..{MAX_SEED}, got {seed!r}")
+    return int(seed)
 
 
 @dataclass(frozen=True)
@@ -66,9 +76,15 @@ class Layer:
     prompt: str
     seed: int
     rough_mask: np.ndarray
-    kind: str  # "prompt" (generated), "image" (DDIM inversion), "noise" (forward noising), "object"
+    kind: str  # one of KINDS
     trajectory: torch.Tensor
     image: np.ndarray
     edit_mask: np.ndarray
     object_mask: np.ndarray
+
+    def __post_init__(self):
+        # A layer is memory: its arrays are read-only, so no caller can change a session (or its undo
+        # history) by writing into an array it was given or handed back.
+        for array in (self.rough_mask, self.image, self.edit_mask, self.object_mask):
+            array.setflags(write=False)
 
