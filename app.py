@@ -1,8 +1,8 @@
 """Hugging Face Spaces entry point: the same Blocks as `python -m app`, on the embedded default model."""
 
-from app.ui import CSS, MAX_UPLOAD, build_app
+from app.ui import build_app, launch_options
 
 demo = build_app()
 
 if __name__ == "__main__":
-    demo.launch(max_file_size=MAX_UPLOAD, css=CSS)
+    demo.launch(**launch_options(demo))

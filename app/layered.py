@@ -7,39 +7,48 @@ leave the session as it was. `build_layered_tab` lays the tab out and wires the 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 import warnings
-import zipfile
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
+from app.files import WorkFolder, unpack_session_zip
 from app.masks import rough_mask, upscale
 from app.models import ModelCache
-from app.sessions import SessionStore
-from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning, SessionError
+from app.sessions import SessionGone, SessionStore
+from pipelines.conditioning import UnknownWordsWarning
+from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning
 from pipelines.loading import ModelLoadError
+
+logger = logging.getLogger(__name__)
 
 DISPLAY = 4  # the editor shows the scene this many times larger
 # the app's words for EditSettings.replay
 REPLAY_CHOICES = {"keep their objects (from memory, fast)": "memory", "re-draw them from their seeds": "seed"}
-USER_ERRORS = (ValueError, IndexError, SessionError, ModelLoadError, OSError, zipfile.BadZipFile)
+MAX_SEED = 2**63 - 1
 
 
 class LayeredTab:
-    def __init__(self, models: ModelCache, workdir: Path, store: SessionStore | None = None,
+    def __init__(self, models: ModelCache, work: WorkFolder, store: SessionStore | None = None,
                  settings: EditSettings | None = None):
         self.models = models
-        self.workdir = workdir
+        self.work = work
         self.store = store or SessionStore()
         # every session of the app edits at one size: the default model's unless the settings say
-        self.settings = (settings or EditSettings()).sized_for(self.model(None))
+        self.settings = (settings or EditSettings()).sized_for(self.models.get(None, LayeredEditPipeline))
 
-    def model(self, name: str | None) -> LayeredEditPipeline:
-        return self.models.get(name, LayeredEditPipeline)
+    def session_bytes(self) -> int:
+        """The most a saved session of this app can hold: max_layers layers at its size and steps."""
+        s = self.settings
+        pipe = self.models.get(None, LayeredEditPipeline)
+        latent = (s.steps + 1) * pipe.denoiser.config.in_channels * (s.height // pipe.vae_scale_factor) * \
+            (s.width // pipe.vae_scale_factor) * torch.finfo(pipe.denoiser.dtype).bits // 8
+        return self.store.max_layers * (latent + 6 * s.height * s.width) + (1 << 20)
 
     # -- rendering the session into the UI
 
@@ -54,131 +63,180 @@ class LayeredTab:
     def _session(self, key: str | None) -> LayeredSession:
         session = self.store.get(key)
         if session is None:
-            raise ValueError("session: no scene yet (or it expired); start one from a prompt or an image")
+            raise ValueError("session: no scene yet; start one from a prompt or an image")
         return session
 
-    def _run(self, key, model_name, work, progress=None):
-        """Run work(pipe, callback) under the generation lock; store the session it returns; view it."""
-        notes = []
+    def _run(self, key, work, progress=None):
+        """Run work(callback) under the generation lock and store the session it returns there too (so
+        two edits of one session cannot both start from the same state); view it. Errors become a
+        message and change nothing."""
         try:
-            pipe = self.model(model_name)
             callback = (lambda i, n: progress(i / n, desc=f"denoising {i}/{n}")) if progress is not None else None
             with self.models.generation, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                session = work(pipe, callback)
-            notes = [str(w.message) for w in caught if issubclass(w.category, MaskResizedWarning)]
-            self.store.put(key, session)
-        except USER_ERRORS as err:  # the message only: the strokes and the scene stay as they were
-            gr.Warning(str(err))
-            return gr.skip(), gr.skip(), gr.skip(), f"⚠️ {err}"
-        return self._view(session, " ".join(notes))
+                session = work(callback)
+                self.store.put(key, session)
+            notes = [str(w.message) for w in caught if issubclass(w.category, NOTED_WARNINGS)]
+        except Exception as err:  # the message only: the strokes and the scene stay as they were
+            return (gr.skip(), gr.skip(), gr.skip(), _warn(err))
+        return self._view(session, " ".join(dict.fromkeys(notes)))
 
     # -- callbacks
 
     def start_from_prompt(self, key, model_name, prompt, seed, progress=gr.Progress()):
-        def work(pipe, callback):
-            session = LayeredSession(pipe, self.settings)
-            session.start_from_prompt(prompt, int(seed), callback=callback)
+        def work(callback):
+            session = LayeredSession(self.models.get(model_name, LayeredEditPipeline), self.settings)
+            session.start_from_prompt(prompt, _seed(seed), callback=callback)
             return session
-        return self._run(key, model_name, work, progress)
+        return self._run(key, work, progress)
 
     def start_from_image(self, key, model_name, image, method, progress=gr.Progress()):
-        def work(pipe, callback):
+        def work(callback):
             if image is None:
                 raise ValueError("image: upload a picture first")
-            session = LayeredSession(pipe, self.settings)
-            picture = Image.fromarray(np.asarray(image)).convert("RGB")
-            session.start_from_image(picture, "", "inversion" if method.startswith("DDIM") else "noise")
+            if method not in IMAGE_METHODS:
+                raise ValueError(f"method: choose one of {list(IMAGE_METHODS)}")
+            session = LayeredSession(self.models.get(model_name, LayeredEditPipeline), self.settings)
+            picture = _picture(image)
+            session.start_from_image(picture, "", IMAGE_METHODS[method])
             return session
-        return self._run(key, model_name, work, progress)
+        return self._run(key, work, progress)
 
-    def add_layer(self, key, model_name, editor, prompt, seed, use_box, progress=gr.Progress()):
-        def work(pipe, callback):
-            session = self._copy(key)
-            mask = rough_mask(editor, self.settings.height, self.settings.width, use_box)
-            session.add_layer(prompt, mask, int(seed), callback=callback)
+    def add_layer(self, key, editor, prompt, seed, use_box, progress=gr.Progress()):
+        def work(callback):
+            session = self._fork(key)
+            mask = rough_mask(editor, self.settings.height, self.settings.width, bool(use_box))
+            session.add_layer(prompt, mask, _seed(seed), callback=callback)
             return session
-        return self._run(key, model_name, work, progress)
+        return self._run(key, work, progress)
 
-    def remove_layer(self, key, model_name, index, replay=None, progress=gr.Progress()):
-        def work(pipe, callback):
-            session = self._copy(key, replay)
+    def remove_layer(self, key, index, replay=None, progress=gr.Progress()):
+        def work(callback):
+            session = self._fork(key, replay)
             session.remove_layer(_index(index))
             return session
-        return self._run(key, model_name, work, progress)
+        return self._run(key, work, progress)
 
-    def edit_layer(self, key, model_name, index, editor, prompt, use_box, replay=None,
-                   progress=gr.Progress()):
-        def work(pipe, callback):
-            session = self._copy(key, replay)
+    def edit_layer(self, key, index, editor, prompt, use_box, replay=None, progress=gr.Progress()):
+        def work(callback):
+            session = self._fork(key, replay)
+            layer = _index(index)
             try:
-                mask = rough_mask(editor, self.settings.height, self.settings.width, use_box)
+                mask = rough_mask(editor, self.settings.height, self.settings.width, bool(use_box))
             except ValueError:
                 mask = None  # nothing drawn: keep the layer's mask
-            session.edit_layer(_index(index), prompt=prompt or None, mask=mask)
+            session.edit_layer(layer, prompt=prompt or None, mask=mask)
             return session
-        return self._run(key, model_name, work, progress)
+        return self._run(key, work, progress)
 
-    def undo(self, key, model_name):
-        return self._run(key, model_name, lambda pipe, cb: _apply(self._copy(key), "undo"))
+    def undo(self, key):
+        return self._run(key, lambda callback: _apply(self._fork(key), "undo"))
 
-    def redo(self, key, model_name):
-        return self._run(key, model_name, lambda pipe, cb: _apply(self._copy(key), "redo"))
+    def redo(self, key):
+        return self._run(key, lambda callback: _apply(self._fork(key), "redo"))
 
-    def _copy(self, key, replay: str | None = None) -> LayeredSession:
-        """A fork, so a failing edit leaves the stored session untouched; replay: one of
-        REPLAY_CHOICES, how later layers that see a removal or re-edit are brought up to date."""
+    def _fork(self, key, replay: str | None = None) -> LayeredSession:
+        """A fork of the user's session (with its own model, whatever the model field says now), so a
+        failing edit leaves the stored session untouched; replay: one of REPLAY_CHOICES."""
         session = self._session(key)
         if replay is None:
             return session.fork()
         if replay not in REPLAY_CHOICES:
-            raise ValueError(f"replay: expected one of {list(REPLAY_CHOICES)}, got {replay!r}")
+            raise ValueError(f"replay: choose one of {list(REPLAY_CHOICES)}")
         return session.fork(replay=REPLAY_CHOICES[replay])
 
-    def _file_from_session(self, key, write):
-        """(file, status) from write(session, folder), or (None, warning) when there is no session."""
+    def _file(self, key, write, done: str):
+        """(file, status) from write(session, folder) into a kept work folder, or (None, a warning)."""
+        folder = None
         try:
             session = self._session(key)
-        except USER_ERRORS as err:
-            gr.Warning(str(err))
-            return None, f"⚠️ {err}"
-        return write(session, self.workdir / uuid.uuid4().hex)
+            if not session.layers:
+                raise ValueError("session: nothing to save; start a scene first (undo went past it)")
+            folder = self.work.keep()
+            return str(write(session, folder)), done
+        except Exception as err:
+            if folder is not None:
+                self.work.forget(folder)
+            return None, _warn(err)
 
     def download_session(self, key):
         def write(session, folder):
             session.save(folder / "session")
-            archive = shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
-            return archive, "Session saved: upload this zip later to resume."
-        return self._file_from_session(key, write)
+            return shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
+        return self._file(key, write, "Session saved: upload this zip later to resume.")
 
     def upload_session(self, key, model_name, file):
-        def work(pipe, callback):
+        def work(callback):
             if file is None:
                 raise ValueError("session: choose a session zip to upload")
-            folder = self.workdir / uuid.uuid4().hex
-            with zipfile.ZipFile(file) as archive:
-                for name in archive.namelist():
-                    if name.startswith("/") or ".." in Path(name).parts:
-                        raise SessionError(f"session zip: unsafe path {name!r}")
-                archive.extractall(folder)
-            return LayeredSession.load(pipe, folder)
-        return self._run(key, model_name, work)
+            pipe = self.models.get(model_name, LayeredEditPipeline)
+            with self.work.scratch() as folder:  # the unpacked upload is gone when the request ends
+                session = LayeredSession.load(pipe, unpack_session_zip(file, folder, self.session_bytes()))
+            if (session.settings.height, session.settings.width) != (self.settings.height, self.settings.width):
+                raise ValueError(f"session: made at {session.settings.width}×{session.settings.height}; this app "
+                                 f"edits at {self.settings.width}×{self.settings.height}")
+            return session
+        return self._run(key, work)
 
     def export_png(self, key):
         def write(session, folder):
             folder = folder / "strata-export"
-            folder.mkdir(parents=True)
+            folder.mkdir()
             Image.fromarray(session.composite).save(folder / "composite.png")
             for i, image in enumerate(session.layer_images()):
                 Image.fromarray(image).save(folder / f"layer_{i:02d}.png")
-            return shutil.make_archive(str(folder), "zip", folder), "Exported the composite and every layer as PNG."
-        return self._file_from_session(key, write)
+            return shutil.make_archive(str(folder), "zip", folder)
+        return self._file(key, write, "Exported the composite and every layer as PNG.")
+
+
+IMAGE_METHODS = {"DDIM inversion": "inversion", "forward noising (fast)": "noise"}
+# warnings a user should see beside the result
+NOTED_WARNINGS = (MaskResizedWarning, UnknownWordsWarning)
+
+
+def _warn(err: Exception) -> str:
+    """The message a client sees for an error: what to do, never a server path or a traceback."""
+    if isinstance(err, ModelLoadError):
+        logger.warning("model could not be loaded: %s", err)
+        text = "model: it could not be loaded on this server (the server's log says why); choose another"
+    elif isinstance(err, (ValueError, IndexError, SessionGone)):
+        text = str(err)
+    elif isinstance(err, OSError):
+        logger.warning("file error in a request: %s", err)
+        text = f"the server could not read or write a file ({err.strerror or type(err).__name__}); try again"
+    else:
+        logger.exception("unexpected error in a request")
+        text = f"something went wrong on the server ({type(err).__name__}); the scene is as it was"
+    gr.Warning(text)
+    return f"⚠️ {text}"
+
+
+def _seed(value) -> int:
+    """A seed from a number field: a whole number in 0..2^63 − 1 (an emptied field is None)."""
+    if value is None or value == "":
+        raise ValueError("seed: enter a whole number (0 or more)")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed: expected a whole number in 0..{MAX_SEED}, got {value!r}")
+    return value
 
 
 def _index(value) -> int:
     if value is None or value == "":
         raise ValueError("layer: select a layer in the list first")
-    return int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"layer: expected a layer number from the list, got {value!r}")
+    return value
+
+
+def _picture(image) -> Image.Image:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+        raise ValueError("image: expected a picture (PNG or JPEG)")
+    return Image.fromarray(array if array.ndim == 2 or array.shape[-1] != 1 else array[..., 0]).convert("RGB")
 
 
 def _apply(session: LayeredSession, action: str) -> LayeredSession:
@@ -186,19 +244,21 @@ def _apply(session: LayeredSession, action: str) -> LayeredSession:
     return session
 
 
-def build_layered_tab(tab: LayeredTab, model_name: gr.Textbox) -> None:
+def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
     """The tab's components and events, inside the caller's `gr.Tab`. model_name: the app's model field."""
     store = tab.store
     # A plain function, not a bound method: Gradio keeps the callback in the Blocks config and
     # deep-copies that config on every page load, and a bound method would copy the store with it.
-    key = gr.State(lambda: uuid.uuid4().hex, time_to_live=store.idle_seconds, delete_callback=lambda k: store.drop(k))
+    # No time_to_live: the key never changes, so Gradio would count from page load and drop a session
+    # in steady use; the store closes idle sessions itself.
+    key = gr.State(lambda: uuid.uuid4().hex, delete_callback=lambda k: store.drop(k))
     with gr.Row():
         with gr.Column():
             scene_prompt = gr.Textbox(value="an empty scene of grass", label="Scene prompt")
             scene_seed = gr.Number(value=0, precision=0, label="Scene seed")
             start = gr.Button("Start from prompt", variant="primary", elem_id="start-prompt")
             upload = gr.Image(label="…or start from your own image", type="numpy", sources=["upload"])
-            method = gr.Radio(["DDIM inversion", "forward noising (fast)"], value="DDIM inversion", label="Image to layer 0")
+            method = gr.Radio(list(IMAGE_METHODS), value=next(iter(IMAGE_METHODS)), label="Image to layer 0")
             start_image = gr.Button("Start from image")
         with gr.Column(scale=2):
             editor = gr.ImageEditor(label="Paint a rough mask", type="numpy", image_mode="RGBA", sources=[],
@@ -235,16 +295,17 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Textbox) -> None:
     view = [editor, composite, layers, message]
     start.click(tab.start_from_prompt, [key, model_name, scene_prompt, scene_seed], view, api_name="start_from_prompt")
     start_image.click(tab.start_from_image, [key, model_name, upload, method], view, api_name="start_from_image")
-    add.click(tab.add_layer, [key, model_name, editor, layer_prompt, layer_seed, use_box], view, api_name="add_layer")
-    remove.click(tab.remove_layer, [key, model_name, selected, replay], view, api_name="remove_layer")
-    reedit.click(tab.edit_layer, [key, model_name, selected, editor, layer_prompt, use_box, replay], view,
-                 api_name="edit_layer")
-    undo.click(tab.undo, [key, model_name], view, api_name="undo")
-    redo.click(tab.redo, [key, model_name], view, api_name="redo")
+    add.click(tab.add_layer, [key, editor, layer_prompt, layer_seed, use_box], view, api_name="add_layer")
+    remove.click(tab.remove_layer, [key, selected, replay], view, api_name="remove_layer")
+    reedit.click(tab.edit_layer, [key, selected, editor, layer_prompt, use_box, replay], view, api_name="edit_layer")
+    undo.click(tab.undo, [key], view, api_name="undo")
+    redo.click(tab.redo, [key], view, api_name="redo")
     layers.select(_selected_index, None, selected, api_name=False)
     save.click(tab.download_session, key, [files, message], api_name="download_session")
     export.click(tab.export_png, key, [files, message], api_name="export_png")
     resume.upload(tab.upload_session, [key, model_name, resume], view, api_name="upload_session")
+
+
 
 def _selected_index(evt: gr.SelectData):
     return evt.index

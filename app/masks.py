@@ -7,15 +7,23 @@ from PIL import Image
 
 
 def strokes(editor_value) -> np.ndarray | None:
-    """(H, W) bool of every painted pixel over all editor layers, or None when nothing was drawn."""
-    if not editor_value or not editor_value.get("layers"):
+    """(H, W) bool of every painted pixel over all editor layers, or None when nothing was drawn.
+    A value that is not an editor's ({"layers": [RGBA arrays of one size], …}) is a ValueError."""
+    if not editor_value:
         return None
+    if not isinstance(editor_value, dict) or not isinstance(editor_value.get("layers") or [], (list, tuple)):
+        raise ValueError("mask: expected the mask editor's value (its layers of strokes)")
     painted = None
-    for layer in editor_value["layers"]:
+    for layer in editor_value.get("layers") or []:
         if layer is None:
             continue
         layer = np.asarray(layer)
-        alpha = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[-1] == 4 else np.asarray(layer).any(-1)
+        if layer.ndim not in (2, 3) or layer.dtype == object or 0 in layer.shape:
+            raise ValueError(f"mask: an editor layer of shape {layer.shape}; expected an image")
+        alpha = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[-1] == 4 else (
+            layer.any(-1) if layer.ndim == 3 else layer != 0)
+        if painted is not None and alpha.shape != painted.shape:
+            raise ValueError("mask: the editor's layers differ in size; clear the strokes and paint again")
         painted = alpha if painted is None else painted | alpha
     return painted if painted is not None and painted.any() else None
 

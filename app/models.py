@@ -1,29 +1,51 @@
-"""The models the app runs on: loaded once, on first use, and shared by every tab and session."""
+"""The models the app runs on: the operator's choice, loaded once on first use, shared by every tab
+and session. A client picks one by its label; it can never name a path or a hub id of its own."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
 from pipelines.loading import EMBEDDED, load_pipeline
 
 
-class ModelCache:
-    """Pipelines by (model name, pipeline class). `generation` is held while one runs: a pipeline's
-    processors and scheduler are shared state, so one generation at a time."""
+def model_labels(sources: list[str]) -> dict[str, str]:
+    """label → source for the allowed models: "embedded", a folder's name, a hub id as it is
+    (labels never show where a folder is on the server)."""
+    labels: dict[str, str] = {}
+    for source in dict.fromkeys(sources):
+        label = source if source == EMBEDDED or not Path(source).expanduser().exists() else Path(source).name
+        base, n = label, 2
+        while label in labels:
+            label, n = f"{base} ({n})", n + 1
+        labels[label] = source
+    return labels
 
-    def __init__(self, default: str = EMBEDDED):
-        self.default = default
+
+class ModelCache:
+    """Pipelines by (label, pipeline class). `default` is the label of the first model. `generation`
+    is held while one runs: a pipeline's processors and scheduler are shared state, so one at a time."""
+
+    def __init__(self, sources: list[str] | None = None):
+        self.sources = model_labels(sources or [EMBEDDED])
+        self.default = next(iter(self.sources))
         self._pipelines: dict[tuple[str, type], DiffusionPipeline] = {}
         self._lock = threading.Lock()
         self.generation = threading.Lock()
 
-    def get(self, name: str | None, pipeline_class: type[DiffusionPipeline]) -> DiffusionPipeline:
-        name = (name or self.default).strip() or EMBEDDED
+    @property
+    def labels(self) -> list[str]:
+        return list(self.sources)
+
+    def get(self, label: str | None, pipeline_class: type[DiffusionPipeline]) -> DiffusionPipeline:
+        label = label or self.default
+        if label not in self.sources:
+            raise ValueError(f"model: choose one of {self.labels}")
         with self._lock:
-            if (name, pipeline_class) not in self._pipelines:
-                pipe = load_pipeline(name, pipeline_class)
+            if (label, pipeline_class) not in self._pipelines:
+                pipe = load_pipeline(self.sources[label], pipeline_class)
                 pipe.set_progress_bar_config(disable=True)
-                self._pipelines[name, pipeline_class] = pipe
-            return self._pipelines[name, pipeline_class]
+                self._pipelines[label, pipeline_class] = pipe
+            return self._pipelines[label, pipeline_class]

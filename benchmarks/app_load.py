@@ -23,7 +23,7 @@ from PIL import Image
 
 from app.sessions import SessionStore
 from app.layered import DISPLAY
-from app.ui import CSS, MAX_UPLOAD, build_app
+from app.ui import build_app, launch_options
 from benchmarks.common import machine, print_table, write_json
 
 
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     settings = demo.strata.settings  # the model's own size
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=MAX_UPLOAD, css=CSS)
+                **launch_options(demo))
     url = f"http://127.0.0.1:{port}/"
     folder = Path(tempfile.mkdtemp(prefix="strata-load-"))
     strokes = [_stroke(folder, k, settings.height) for k in range(args.edits)]
@@ -65,13 +65,13 @@ def main(argv=None) -> dict:
         client = Client(url, verbose=False)
         try:
             start = time.perf_counter()
-            *_, message = client.predict(args.model, "an empty scene of grass", i, api_name="/start_from_prompt")
+            *_, message = client.predict(demo.strata.models.default, "an empty scene of grass", i, api_name="/start_from_prompt")
             with lock:
                 latencies["start scene"].append(time.perf_counter() - start)
             for k in range(args.edits):
                 editor = {"background": None, "layers": [handle_file(strokes[k])], "composite": None, "id": None}
                 start = time.perf_counter()
-                *_, gallery, message = client.predict(args.model, editor, "a red circle", 10 * i + k, False, api_name="/add_layer")
+                *_, gallery, message = client.predict(editor, "a red circle", 10 * i + k, False, api_name="/add_layer")
                 with lock:
                     latencies["add layer"].append(time.perf_counter() - start)
                 if message.startswith("⚠️") or len(gallery) != k + 2:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipelines.layered_edit import (EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning, SessionError,
-                                    carry_weight, main as layered_cli, object_pixels, overlay_alpha)
+                                    carry_weight, object_pixels, overlay_alpha)
 
 SETTINGS = EditSettings(height=32, width=32, steps=3)
 
@@ -228,16 +228,3 @@ def test_pipeline_round_trips_through_from_pretrained(sd1_components, tmp_path):
     StableDiffusionPipeline(**sd1_components).save_pretrained(tmp_path / "sd")
     pipe = LayeredEditPipeline.from_pretrained(tmp_path / "sd")
     assert pipe.unet is not None and pipe.scheduler.__class__.__name__ == "DDIMScheduler"
-
-
-def test_cli_runs_a_script(sd1_components, tmp_path):
-    from diffusers import StableDiffusionPipeline
-    StableDiffusionPipeline(**sd1_components).save_pretrained(tmp_path / "model")
-    script = {"settings": {"height": 32, "width": 32, "steps": 2},
-              "scene": {"prompt": "an empty scene of snow", "seed": 0},
-              "layers": [{"prompt": "a red circle", "seed": 1, "mask": {"box": [2, 2, 14, 14]}},
-                         {"prompt": "a blue square", "seed": 2, "mask": {"box": [16, 16, 30, 30]}}]}
-    (tmp_path / "edits.json").write_text(json.dumps(script))
-    layered_cli(["--script", str(tmp_path / "edits.json"), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "model")])
-    for name in ("step_00.png", "step_02.png", "layers/layer_02.png", "session/session.json"):
-        assert (tmp_path / "out" / name).exists()

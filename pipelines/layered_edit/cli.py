@@ -1,22 +1,50 @@
-"""The scripted CLI: python -m pipelines.layered_edit --script edits.json --out DIR (format: `load_script`)."""
+"""The scripted CLI: python -m pipelines.layered_edit --script edits.json --out DIR (format: `load_script`).
+
+Every field of the script is checked before the model loads; a bad one is one line on stderr that
+names it, and exit code 2. The output folder is written whole or not at all: a temporary folder
+beside it becomes --out when every edit is done. An existing, non-empty --out is refused unless
+--overwrite says to replace it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from pipelines.atomic import writing_folder
 from pipelines.layered_edit.pipeline import LayeredEditPipeline
 from pipelines.layered_edit.session import LayeredSession
-from pipelines.layered_edit.settings import EditSettings
+from pipelines.layered_edit.settings import EditSettings, check_seed
+
+MAX_SCRIPT_BYTES = 1 << 20
+MAX_LAYERS = 64
 
 
-def load_script(path: str | Path) -> dict:
-    """An edit script (JSON):
+@dataclass
+class ScriptLayer:
+    prompt: str
+    mask: dict
+    seed: int
+
+
+@dataclass
+class Script:
+    model: str | None
+    settings: EditSettings
+    scene: dict
+    layers: list[ScriptLayer]
+    base: Path  # the script's folder: image and mask paths are relative to it
+
+
+def load_script(path: str | Path) -> Script:
+    """An edit script (JSON), checked field by field (ValueError naming the first bad one):
 
         {"model": "embedded",                              optional: a diffusers folder or hub id
          "settings": {"height": 64, "width": 64, "steps": 20, "guidance": 4.0, "harmonize": 0.2},  optional
@@ -24,26 +52,143 @@ def load_script(path: str | Path) -> dict:
                                                                           "method": "inversion"}
          "layers": [{"prompt": "a red circle", "seed": 1,
                      "mask": {"box": [x0, y0, x1, y1]}  or  {"png": "mask.png"}}, …]}
+
+    A layer's seed defaults to its position (1, 2, …); image and mask paths are relative to the script.
     """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"script: no such file {str(path)!r}")
+    if path.stat().st_size > MAX_SCRIPT_BYTES:
+        raise ValueError(f"script: larger than {MAX_SCRIPT_BYTES >> 10} KiB; not an edit script")
     try:
-        script = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if "scene" not in script or not isinstance(script.get("layers", []), list):
-        raise ValueError(f"{path}: expected a 'scene' object and a 'layers' list")
-    return script
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"script: not valid JSON ({err})") from None
+    _object(data, "script", required=("scene",), allowed=("model", "settings", "scene", "layers"))
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError(f"model: expected 'embedded', a diffusers folder or a hub id, got {model!r}")
+    settings = data.get("settings", {})
+    _object(settings, "settings", allowed=[f.name for f in fields(EditSettings)])
+    try:
+        settings = EditSettings(**settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"settings.{err}") from None
+    base = path.parent
+    scene = data["scene"]
+    _object(scene, "scene", allowed=("prompt", "seed", "image", "method"))
+    if "prompt" not in scene and "image" not in scene:
+        raise ValueError("scene: expected a 'prompt' (to generate the scene) or an 'image' (to start from)")
+    if "image" in scene:
+        _file(scene["image"], base, "scene.image")
+        if scene.get("method", "inversion") not in ("inversion", "noise"):
+            raise ValueError(f"scene.method: expected 'inversion' or 'noise', got {scene['method']!r}")
+    _text(scene.get("prompt", ""), "scene.prompt", empty="image" in scene)
+    _seed(scene.get("seed", 0), "scene.seed")
+    layers = data.get("layers", [])
+    if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
+        raise ValueError(f"layers: expected a list of at most {MAX_LAYERS} layers, got "
+                         f"{len(layers) if isinstance(layers, list) else type(layers).__name__}")
+    parsed = []
+    for i, layer in enumerate(layers):
+        where = f"layers[{i}]"
+        _object(layer, where, required=("prompt", "mask"), allowed=("prompt", "mask", "seed"))
+        _text(layer["prompt"], f"{where}.prompt")
+        mask = layer["mask"]
+        _object(mask, f"{where}.mask", allowed=("box", "png"))
+        if len(mask) != 1:
+            raise ValueError(f"{where}.mask: expected {{'box': [x0, y0, x1, y1]}} or {{'png': 'file.png'}}")
+        if "box" in mask:
+            box = mask["box"]
+            if not isinstance(box, list) or len(box) != 4 or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in box) or box[0] >= box[2] or box[1] >= box[3]:
+                raise ValueError(f"{where}.mask.box: expected [x0, y0, x1, y1] whole pixels with x0 < x1 and y0 < y1, "
+                                 f"got {box!r}")
+        else:
+            _file(mask["png"], base, f"{where}.mask.png")
+        parsed.append(ScriptLayer(layer["prompt"], mask, _seed(layer.get("seed", i + 1), f"{where}.seed")))
+    return Script(model, settings, scene, parsed, base)
+
+
+def _object(value, where: str, required=(), allowed=()) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    for key in required:
+        if key not in value:
+            raise ValueError(f"{where}: missing field {key!r}")
+    for key in value:
+        if key not in allowed:
+            raise ValueError(f"{where}: unknown field {key!r}; expected {', '.join(allowed)}")
+
+
+def _text(value, where: str, empty: bool = False) -> None:
+    if not isinstance(value, str) or (not empty and not value.strip()):
+        raise ValueError(f"{where}: expected text, e.g. 'a red circle', got {value!r}")
+
+
+def _seed(value, where: str) -> int:
+    try:
+        return check_seed(value)
+    except ValueError as err:
+        raise ValueError(f"{where}{str(err)[4:]}") from None  # "seed: …" → "<where>: …"
+
+
+def _file(value, base: Path, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}: expected a file path relative to the script, got {value!r}")
+    path = base / value
+    if not path.is_file():
+        raise ValueError(f"{where}: no such file {value!r} next to the script")
+    return path
 
 
 def script_mask(spec: dict, height: int, width: int, base: Path) -> np.ndarray:
+    """(height, width) bool from a script layer's mask (a box, or a PNG whose bright pixels count)."""
     if "box" in spec:
-        x0, y0, x1, y1 = (int(v) for v in spec["box"])
+        x0, y0, x1, y1 = spec["box"]
         mask = np.zeros((height, width), dtype=bool)
-        mask[max(0, y0):y1, max(0, x0):x1] = True
+        mask[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = True
         return mask
-    if "png" in spec:
+    try:
         return np.asarray(Image.open(base / spec["png"]).convert("L")) > 127
-    raise ValueError("layers[].mask: expected {'box': [x0, y0, x1, y1]} or {'png': 'file.png'}")
+    except (UnidentifiedImageError, OSError):
+        raise ValueError(f"mask.png: {spec['png']!r} is not an image") from None
+
+
+def run(script: Script, out: Path, model: str | None = None, overwrite: bool = False) -> LayeredSession:
+    """Run a checked script into out (all or nothing)."""
+    from pipelines.loading import load_pipeline
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ValueError(f"out: {str(out)!r} exists and is not empty; choose a new folder, or pass --overwrite")
+    pipe = load_pipeline(model or script.model or "embedded", LayeredEditPipeline)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        session = LayeredSession(pipe, script.settings)
+    except ValueError as err:  # a size the model's VAE cannot take
+        raise ValueError(f"settings.{err}") from None
+    s = session.settings
+    with writing_folder(out) as partial, tqdm(total=1 + len(script.layers), desc="edits") as bar:
+        (partial / "layers").mkdir()
+        scene = script.scene
+        if "image" in scene:
+            session.start_from_image(script.base / scene["image"], scene.get("prompt", ""),
+                                     scene.get("method", "inversion"), scene.get("seed", 0))
+        else:
+            session.start_from_prompt(scene["prompt"], scene.get("seed", 0))
+        Image.fromarray(session.composite).save(partial / "step_00.png")
+        bar.update(1)
+        for i, layer in enumerate(script.layers):
+            try:
+                session.add_layer(layer.prompt, script_mask(layer.mask, s.height, s.width, script.base), layer.seed)
+            except ValueError as err:
+                raise ValueError(f"layers[{i}].{err}") from None
+            Image.fromarray(session.composite).save(partial / f"step_{i + 1:02d}.png")
+            bar.update(1)
+        for i, image in enumerate(session.layer_images()):
+            Image.fromarray(image).save(partial / "layers" / f"layer_{i:02d}.png")
+        session.save(partial / "session")
+    return session
 
 
 def main(argv=None) -> None:
@@ -51,35 +196,16 @@ def main(argv=None) -> None:
     parser.add_argument("--script", required=True, help="edit script JSON (see pipelines.layered_edit.load_script)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default=None, help="overrides the script's model")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    from pipelines.loading import load_pipeline
-    script = load_script(args.script)
-    base = Path(args.script).parent
-    pipe = load_pipeline(args.model or script.get("model", "embedded"), LayeredEditPipeline)
-    pipe.set_progress_bar_config(disable=True)
-    session = LayeredSession(pipe, EditSettings(**script.get("settings", {})))
-    out = Path(args.out)
-    (out / "layers").mkdir(parents=True, exist_ok=True)
-    scene = script["scene"]
-    steps = tqdm(total=1 + len(script["layers"]), desc="edits")
-    if "image" in scene:
-        session.start_from_image(base / scene["image"], scene.get("prompt", ""), scene.get("method", "inversion"),
-                                 scene.get("seed", 0))
-    else:
-        session.start_from_prompt(scene["prompt"], scene.get("seed", 0))
-    Image.fromarray(session.composite).save(out / "step_00.png")
-    steps.update(1)
-    s = session.settings
-    for i, layer in enumerate(script["layers"], start=1):
-        session.add_layer(layer["prompt"], script_mask(layer["mask"], s.height, s.width, base), layer.get("seed", i))
-        Image.fromarray(session.composite).save(out / f"step_{i:02d}.png")
-        steps.update(1)
-    steps.close()
-    for i, image in enumerate(session.layer_images()):
-        Image.fromarray(image).save(out / "layers" / f"layer_{i:02d}.png")
-    session.save(out / "session")
-    print(f"wrote {len(session.layers)} layers to {out}")
+    from pipelines.loading import ModelLoadError
 
-
-if __name__ == "__main__":
-    main()
+    try:
+        session = run(load_script(args.script), Path(args.out), args.model, args.overwrite)
+    except (ValueError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(f"error: could not read or write a file: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {len(session.layers)} layers to {args.out}")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import uuid
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pipelines.atomic import writing_folder
 from pipelines.layered_edit.settings import KINDS, EditSettings, Layer, check_seed
 
 SESSION_FORMAT = "strata-layered-session"
@@ -68,32 +67,11 @@ def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer]
         tensors[f"layer{i}.image"] = torch.from_numpy(np.array(layer.image, order="C"))  # a writable copy
         for name, mask in (("mask", layer.rough_mask), ("edit_mask", layer.edit_mask), ("object_mask", layer.object_mask)):
             tensors[f"layer{i}.{name}"] = torch.from_numpy(np.ascontiguousarray(mask.astype(np.uint8)))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        partial.mkdir()
+    with writing_folder(folder) as partial:
         save_file(tensors, partial / MEMORY)
         manifest["memory_sha256"] = _sha256(partial / MEMORY)
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _replace_folder(partial, folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return folder
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put new where target is: renames only, so target is always either the old or the new folder."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    target.rename(old)
-    try:
-        new.rename(target)
-    except OSError:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_session(pipe, folder: str | Path) -> tuple[EditSettings, list[Layer]]:

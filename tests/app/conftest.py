@@ -9,7 +9,7 @@ from PIL import Image
 
 from app.sessions import SessionStore
 from app.layered import DISPLAY
-from app.ui import CSS, MAX_UPLOAD, build_app
+from app.ui import build_app, launch_options
 from pipelines.layered_edit import EditSettings
 from tests.tiny_models import sd1_components
 
@@ -34,9 +34,9 @@ def tiny_model_dir(tmp_path_factory):
 def live_app(tiny_model_dir):
     demo = build_app(str(tiny_model_dir), SessionStore(max_sessions=8), SETTINGS)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size=MAX_UPLOAD,
-                css=CSS)
-    yield demo, f"http://127.0.0.1:{port}/", str(tiny_model_dir)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(demo))
+    yield demo, f"http://127.0.0.1:{port}/", tiny_model_dir.name  # clients choose the model by its label
     demo.close()
 
 
