@@ -28,8 +28,10 @@ class ModelCache:
     """Pipelines by (label, pipeline class). `default` is the label of the first model. `generation`
     is held while one runs: a pipeline's processors and scheduler are shared state, so one at a time."""
 
-    def __init__(self, sources: list[str] | None = None):
+    def __init__(self, sources: list[str] | None = None, device: str | None = None, dtype=None):
+        """device, dtype: where and in what precision every model runs (the operator's flags)."""
         self.sources = model_labels(sources or [EMBEDDED])
+        self.device, self.dtype = device, dtype
         self.default = next(iter(self.sources))
         self._pipelines: dict[tuple[str, type], DiffusionPipeline] = {}
         self._lock = threading.Lock()
@@ -45,7 +47,8 @@ class ModelCache:
             raise ValueError(f"model: choose one of {self.labels}")
         with self._lock:
             if (label, pipeline_class) not in self._pipelines:
-                pipe = load_pipeline(self.sources[label], pipeline_class)
+                options = {} if self.dtype is None else {"dtype": self.dtype}
+                pipe = load_pipeline(self.sources[label], pipeline_class, device=self.device, **options)
                 pipe.set_progress_bar_config(disable=True)
                 self._pipelines[label, pipeline_class] = pipe
             return self._pipelines[label, pipeline_class]

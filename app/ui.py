@@ -39,12 +39,14 @@ def load_model(models: ModelCache, label: str) -> str:
 
 
 def build_app(model: str | list[str] = EMBEDDED, store: SessionStore | None = None,
-              settings: EditSettings | None = None) -> gr.Blocks:
-    """model: the operator's models (the first is the default); the embedded one is always offered."""
+              settings: EditSettings | None = None, device: str | None = None, dtype=None) -> gr.Blocks:
+    """model: the operator's models (the first is the default); the embedded one is always offered.
+    settings: the size and steps every session edits at (unset: the default model's own size);
+    device, dtype: where and in what precision the models run."""
     # The fused CPU attention kernel compiles once per machine (~30 s): start it now, not on the first edit.
     threading.Thread(target=region_cpp.available, name="strata-build-cpu-kernel", daemon=True).start()
     sources = [model] if isinstance(model, str) else list(model)
-    models = ModelCache(sources + [EMBEDDED])
+    models = ModelCache(sources + [EMBEDDED], device=device, dtype=dtype)
     layered = LayeredTab(models, WorkFolder(), store, settings)
     # Gradio's own cache of uploads and outputs: swept every 10 min of files older than 30 min
     with gr.Blocks(title="Strata — layered editing", delete_cache=(600, 1800)) as demo:

@@ -7,7 +7,8 @@ classifier-free-guidance negative half it passes the negative prompt R times; wi
 work). Keys and values depend only on the encoder states, which are fixed for a pipeline call, so
 they are projected once per layer and kept in `regions.keys` under the layer's install name (with
 each chunk's segment for the torch path). Region maps and kernel plans come from the controller's
-`regions`; the attention itself from `kernels.region_attention`. Anything else (self-attention, a
+`regions`; the attention itself from `kernels.region_attention`, T5 prompts' padding (PixArt) as a
+per-segment key mask there, never a dense (B, heads, N, R·T) bias. Anything else (self-attention, a
 call without regions) goes to the processor this one replaced, so a user's
 `enable_xformers_memory_efficient_attention()` or other processor keeps working.
 """
@@ -56,26 +57,25 @@ class MultiQueryDisentangledProcessor:
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         token_regions = regions.token_regions(n_tokens, query.device)
-        shared = regions.shared_rows if attention_mask is None and 0 < regions.shared_rows < batch else 0
+        shared = regions.shared_rows if 0 < regions.shared_rows < batch else 0
         cached = self._keys_values(attn, encoder_hidden_states, shared)
         key, value = cached.rest
-        if attention_mask is not None:  # key padding (T5 prompts): one masked call, region ∧ padding
-            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
-            mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
-            segment = torch.arange(key.shape[2], device=query.device) // regions.segment_length
-            allowed = token_regions[:, None] == segment[None, :]
-            bias = mask.masked_fill(~allowed, float("-inf")) if mask.dtype != torch.bool else mask & allowed
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        else:
-            plan = regions.region_plan(n_tokens, batch - shared, query.device)
-            # the fused kernels (triton, cpp) read keys in place; the torch path wants them per chunk
-            backend = backend_for(query.device, "region", dtype=query.dtype, needs_grad=needs_grad(query, key, value))
-            segments = self._segments(cached, query[shared:], plan) if backend == "torch" else None
-            out = region_attention(query[shared:], key, value, token_regions, regions.segment_length, plan=plan,
-                                   backend=backend, segments=segments)
-            if shared:  # the negative prompt, the same in every segment: plain attention on one copy
-                plain = F.scaled_dot_product_attention(query[:shared], *cached.shared)
-                out = torch.cat([plain, out.to(plain.dtype)])
+        key_mask = None
+        if attention_mask is not None:  # T5 prompts' padding: PixArt passes (B, 1, R·T), 0 or −10000 (or bool)
+            mask = attention_mask.reshape(batch, -1, attention_mask.shape[-1])[:, 0]
+            key_mask = mask if mask.dtype == torch.bool else mask > -1
+        plan = regions.region_plan(n_tokens, batch - shared, query.device)
+        # the fused kernels (triton, cpp) read keys in place; the torch path wants them per chunk
+        backend = backend_for(query.device, "region", dtype=query.dtype, needs_grad=needs_grad(query, key, value),
+                              key_mask=key_mask is not None)
+        segments = self._segments(cached, query[shared:], plan) if backend == "torch" else None
+        out = region_attention(query[shared:], key, value, token_regions, regions.segment_length, plan=plan,
+                               backend=backend, segments=segments,
+                               key_mask=None if key_mask is None else key_mask[shared:])
+        if shared:  # the negative prompt, the same in every segment: plain attention on one copy
+            first = None if key_mask is None else key_mask[:shared, None, None, :regions.segment_length]
+            plain = F.scaled_dot_product_attention(query[:shared], *cached.shared, attn_mask=first)
+            out = torch.cat([plain, out.to(plain.dtype)])
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:

@@ -48,18 +48,19 @@ def needs_grad(*tensors) -> bool:
 
 def choice_for(device: torch.device | str, pattern: str = "neighbour", queries: int | None = None,
                head_dim: int | None = None, dtype: torch.dtype | None = None, needs_grad: bool = False,
-               backend: str | None = None) -> Choice:
+               backend: str | None = None, key_mask: bool = False) -> Choice:
     """The backend a call with these properties would run now, and why the others were skipped."""
-    call = Call(pattern, torch.device(device), dtype, queries, head_dim, needs_grad)
+    call = Call(pattern, torch.device(device), dtype, queries, head_dim, needs_grad, key_mask)
     return choose(call, _check_backend(backend) if backend else forced_backend())
 
 
 def backend_for(device: torch.device | str, pattern: str | None = None, queries: int | None = None,
-                head_dim: int | None = None, dtype: torch.dtype | None = None, needs_grad: bool = False) -> str:
+                head_dim: int | None = None, dtype: torch.dtype | None = None, needs_grad: bool = False,
+                key_mask: bool = False) -> str:
     """The name of the backend a call on this device would use now (pattern defaults to neighbour;
     queries, head_dim: the call's shape, for `sdpa_wins`; dtype: the fused CPU loop is float32 only).
     Asking about region attention on the CPU builds the C++ extension if it is not built yet."""
-    return choice_for(device, pattern or "neighbour", queries, head_dim, dtype, needs_grad).backend
+    return choice_for(device, pattern or "neighbour", queries, head_dim, dtype, needs_grad, key_mask=key_mask).backend
 
 
 @contextlib.contextmanager
@@ -83,10 +84,11 @@ def last_choice(pattern: str) -> Choice | None:
     return _last.get({}).get(pattern)
 
 
-def _dispatch(pattern: str, backend: str | None, tensors: tuple, shape: tuple) -> Choice:
+def _dispatch(pattern: str, backend: str | None, tensors: tuple, shape: tuple, key_mask: bool = False) -> Choice:
     """Choose the backend for a call on these tensors (q first) and record the choice."""
     q = tensors[0]
-    choice = choice_for(q.device, pattern, *shape, dtype=q.dtype, needs_grad=needs_grad(*tensors), backend=backend)
+    choice = choice_for(q.device, pattern, *shape, dtype=q.dtype, needs_grad=needs_grad(*tensors), backend=backend,
+                        key_mask=key_mask)
     record = dict(_last.get({}))
     record[pattern] = choice
     _last.set(record)
@@ -108,14 +110,17 @@ def neighbour_attention(q, k, v, index, scale=None, q_hat=None, w=0.0, backend: 
 
 
 def region_attention(q, k, v, region, segment_length: int, scale=None, plan=None, backend: str | None = None,
-                     segments=None):
+                     segments=None, key_mask=None):
     """Token n of q attends to key segment region[n] only (see kernels.region). plan: a cached
     `make_plan` for the torch, triton, cpp and xformers paths; segments: cached `gather_segments` for
-    the torch path (the others read k and v in place)."""
-    name = _dispatch("region", backend, (q, k, v), (q.shape[2], q.shape[3])).backend
+    the torch path (the others read k and v in place); key_mask: (B, R·T) bool, False for padding keys
+    (T5 prompts), which only some backends take."""
+    name = _dispatch("region", backend, (q, k, v), (q.shape[2], q.shape[3]), key_mask=key_mask is not None).backend
     extra = {"plan": plan} if plan is not None and name in ("torch", "triton", "cpp", "xformers") else {}
     if segments is not None and name == "torch":
         extra["segments"] = segments
+    if key_mask is not None:
+        extra["key_mask"] = key_mask
     return backends("region")[name].run(q, k, v, region, segment_length, scale, **extra)
 
 

@@ -112,9 +112,9 @@ def _flex_call(q, k, v, mask_mod, scale):
     return out
 
 
-def region_flex(q, k, v, region, segment_length: int, scale=None, plan=None):
+def region_flex(q, k, v, region, segment_length: int, scale=None, plan=None, key_mask=None):
     """Tokens sorted by region per batch row (uncovered ones last, zeroed), then one masked call."""
-    _check(q, k, region, segment_length)
+    _check(q, k, region, segment_length, key_mask)
     b, h, n, d = q.shape
     region = region.expand(b, n) if region.dim() == 1 else region
     key = torch.where(region >= 0, region, torch.iinfo(torch.long).max)
@@ -123,7 +123,8 @@ def region_flex(q, k, v, region, segment_length: int, scale=None, plan=None):
     queries = torch.gather(q, 2, order[:, None, :, None].expand(b, h, n, d))
 
     def mask_mod(bb, hh, q_idx, kv_idx):
-        return sorted_region[bb, q_idx] == kv_idx // segment_length
+        allowed = sorted_region[bb, q_idx] == kv_idx // segment_length
+        return allowed if key_mask is None else allowed & key_mask[bb, kv_idx]
     out_sorted = _flex_call(queries, k, v, mask_mod, scale)
     out_sorted = torch.where((sorted_region >= 0)[:, None, :, None], out_sorted, 0)
     return torch.zeros_like(q).scatter(2, order[:, None, :, None].expand(b, h, n, d), out_sorted.to(q.dtype))
@@ -151,12 +152,14 @@ def blended_flex(q, k, v, q_hat, w, scale=None):
 
 # ---- SDPA with a boolean mask
 
-def region_sdpa_mask(q, k, v, region, segment_length: int, scale=None, plan=None):
-    n_regions = _check(q, k, region, segment_length)
+def region_sdpa_mask(q, k, v, region, segment_length: int, scale=None, plan=None, key_mask=None):
+    n_regions = _check(q, k, region, segment_length, key_mask)
     b, _, n, _ = q.shape
     region = region.expand(b, n) if region.dim() == 1 else region
     segment = torch.arange(n_regions * segment_length, device=q.device) // segment_length
     allowed = region[:, None, :, None] == segment  # (B, 1, N, R·T)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
     return torch.where((region >= 0)[:, None, :, None], out, 0)
 

@@ -38,23 +38,32 @@ if triton is not None:
         TensorDescriptor = None
 
 
-def _check(q, k, region, segment_length):
+def _check(q, k, region, segment_length, key_mask=None):
     b, _, n, _ = q.shape
     if k.shape[2] % segment_length:
         raise ValueError(f"k: key length {k.shape[2]} is not a multiple of segment_length {segment_length}")
     if region.shape not in ((n,), (b, n)):
         raise ValueError(f"region: expected shape ({n},) or ({b}, {n}), got {tuple(region.shape)}")
+    if key_mask is not None:
+        if key_mask.shape != (b, k.shape[2]) or key_mask.dtype != torch.bool:
+            raise ValueError(f"key_mask: expected a ({b}, {k.shape[2]}) boolean mask, got {tuple(key_mask.shape)} "
+                             f"{key_mask.dtype}")
+        if not bool(key_mask.view(b, -1, segment_length).any(-1).all()):
+            raise ValueError("key_mask: every segment needs at least one key to attend to")
     return k.shape[2] // segment_length
 
 
-def reference(q, k, v, region, segment_length: int, scale=None):
-    """The spec: a boolean mask over all keys and a masked softmax (use float64 in tests)."""
-    n_regions = _check(q, k, region, segment_length)
+def reference(q, k, v, region, segment_length: int, scale=None, key_mask=None):
+    """The spec: a boolean mask over all keys and a masked softmax (use float64 in tests).
+    key_mask: (B, R·T) bool, False for keys no query may attend to (a prompt's padding)."""
+    n_regions = _check(q, k, region, segment_length, key_mask)
     b, _, n, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     region = region.expand(b, n) if region.dim() == 1 else region
     key_segment = torch.arange(n_regions * segment_length, device=q.device) // segment_length
     allowed = region[:, :, None] == key_segment[None, None, :]  # (B, N, R·T)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, :]
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     weights = torch.softmax(scores, -1).nan_to_num(0.0)  # uncovered rows: all -inf → zeros
@@ -202,30 +211,36 @@ def token_major(x: torch.Tensor) -> bool:
 
 
 def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPlan | None = None,
-               segments: RegionSegments | None = None):
+               segments: RegionSegments | None = None, key_mask: torch.Tensor | None = None):
     """Chunked dense attention: one batched SDPA over (chunk of same-region queries, its segment).
 
     The output keeps q's memory layout: head-major q gathers per head; token-major q (the processors'
     layout) gathers whole token rows of H·D values, and its output is token-major too, so the caller's
     `transpose(1, 2).reshape(B, N, H·D)` is free. segments: each chunk's keys and values from
     `gather_segments(k, v, plan, …)` for this plan and q's layout, when k and v stay the same across
-    calls (k and v are then not read)."""
-    n_regions = _check(q, k, region, segment_length)
+    calls (k and v are then not read). key_mask: (B, R·T) bool, the keys each segment may attend to
+    (a T5 prompt's padding is False): each chunk gets its segment's row, (chunks, T), not a dense
+    (B, H, N, R·T) bias."""
+    n_regions = _check(q, k, region, segment_length, key_mask)
     b, h, n, d = q.shape
     plan = plan or make_plan(region, b, n_regions)
+    chunk_mask = None
+    if key_mask is not None:  # (n_chunks, 1, 1, T): broadcast over heads and each chunk's rows
+        chunk_mask = key_mask.reshape(b * n_regions, segment_length).index_select(0, plan.chunk_segment)[:, None, None]
     if segments is None:  # (refuses a packed plan)
         segments = gather_segments(k, v, plan, segment_length, token_major(q))
     elif segments.plan is not plan or segments.token_major != token_major(q):
         raise ValueError("region torch path: segments were gathered for another plan or query layout; "
                          "use gather_segments(k, v, plan, segment_length, token_major(q))")
     if segments.token_major:
-        return _token_rows(q, segments, plan, scale)
+        return _token_rows(q, segments, plan, scale, chunk_mask)
     c = plan.chunk
     n_chunks = len(plan.chunk_segment)
     # index_select, not advanced indexing: the same gathers, 3–5× faster on CPU (measured alone).
     q_rows = q.transpose(0, 1).reshape(h, b * n, d)
     q_chunks = q_rows.index_select(1, plan.rows.clamp(min=0)).reshape(h, n_chunks, c, d)
-    out_chunks = F.scaled_dot_product_attention(q_chunks, segments.k, segments.v, scale=scale)
+    out_chunks = F.scaled_dot_product_attention(q_chunks, segments.k, segments.v, scale=scale,
+                                                attn_mask=None if chunk_mask is None else chunk_mask[:, 0])
     out_chunks = out_chunks.reshape(h, n_chunks * c, d)
     # One gather back to token order; uncovered tokens (none under MQD) read an appended zero row.
     if not plan.all_covered:
@@ -233,13 +248,13 @@ def torch_path(q, k, v, region, segment_length: int, scale=None, plan: RegionPla
     return out_chunks.index_select(1, plan.inverse).reshape(h, b, n, d).transpose(0, 1)
 
 
-def _token_rows(q, segments: RegionSegments, plan: RegionPlan, scale):
+def _token_rows(q, segments: RegionSegments, plan: RegionPlan, scale, chunk_mask=None):
     """torch_path for token-major q: rows of (B·N, H·D) in, SDPA on strided chunk views, rows out."""
     b, h, n, d = q.shape
     c, n_chunks = plan.chunk, len(plan.chunk_segment)
     q_chunks = q.transpose(1, 2).reshape(b * n, h * d).index_select(0, plan.rows.clamp(min=0))
     q_chunks = q_chunks.view(n_chunks, c, h, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q_chunks, segments.k, segments.v, scale=scale)
+    out = F.scaled_dot_product_attention(q_chunks, segments.k, segments.v, scale=scale, attn_mask=chunk_mask)
     out = out.transpose(1, 2).reshape(n_chunks * c, h * d)  # SDPA keeps q's token-major layout: a view
     if not plan.all_covered:
         out = torch.cat([out, out.new_zeros(1, h * d)])

@@ -34,6 +34,7 @@ class Call:
     queries: int | None = None
     head_dim: int | None = None
     needs_grad: bool = False
+    key_mask: bool = False  # region attention with padded prompts (some keys masked)
 
 
 # A check returns why the backend cannot run this call, or None. forced: the backend was asked for
@@ -48,11 +49,14 @@ class Backend:
     checks: tuple[Check, ...] = ()
     differentiable: bool = True  # False: forward only (no autograd through it)
     automatic: bool = True  # False: runs only when asked for by name
+    key_mask: bool = False  # takes a key padding mask (region attention)
 
     def refusal(self, call: Call, forced: bool = False) -> str | None:
         """Why this backend will not run the call (None: it will)."""
         if call.needs_grad and not self.differentiable:
             return "forward only, and this call needs gradients"
+        if call.key_mask and not self.key_mask:
+            return "takes no key padding mask, and this call's prompts are padded"
         for check in self.checks:
             if (reason := check(call, forced)) is not None:
                 return reason
@@ -148,12 +152,12 @@ REGISTRY: dict[str, tuple[Backend, ...]] = {
     "region": (
         Backend("triton", region.triton_path, TRITON, differentiable=False),
         Backend("cpp", region_cpp.cpp_path, (_cpu_float32, _cpp_built), differentiable=False),
-        Backend("torch", region.torch_path),
+        Backend("torch", region.torch_path, key_mask=True),
         Backend("xformers", peers.region_xformers, XFORMERS, automatic=False),
-        Backend("flex", peers.region_flex, FLEX, automatic=False),
-        Backend("sdpa_mask", peers.region_sdpa_mask, automatic=False),
+        Backend("flex", peers.region_flex, FLEX, automatic=False, key_mask=True),
+        Backend("sdpa_mask", peers.region_sdpa_mask, automatic=False, key_mask=True),
         Backend("naive", region.naive, automatic=False),
-        Backend("reference", region.reference, automatic=False),
+        Backend("reference", region.reference, automatic=False, key_mask=True),
     ),
     "blended": (
         Backend("triton", blended.triton_path, TRITON, differentiable=False),

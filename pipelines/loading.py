@@ -53,15 +53,40 @@ def _offline_message(model: str, err: Exception) -> str:
             f"{EMBEDDED_MODEL}) or a local diffusers folder")
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """A device this machine has, or a ValueError naming the field (e.g. 'cuda' without a GPU)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' is not available on this machine; use 'cpu'")
+    return device
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """float32, float16 or bfloat16 by name (a command-line flag), or None."""
+    if name is None:
+        return None
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"dtype: expected one of {list(dtypes)}, got {name!r}")
+    return dtypes[name]
+
+
 def load_pipeline(model: str | os.PathLike | None = EMBEDDED, pipeline_class: type[DiffusionPipeline] = StableDiffusionPipeline,
-                  **kwargs) -> DiffusionPipeline:
+                  device: str | torch.device | None = None, **kwargs) -> DiffusionPipeline:
     """Load a pipeline of pipeline_class from the embedded default, a local folder or a hub id.
 
     Weights load as float32 unless `dtype` says otherwise: the shipped files are fp16, and
     transformers would otherwise keep the text encoder in fp16 beside a float32 UNet. A pipeline
     class with a `required_scheduler` gets one made from the folder's scheduler config when the
-    folder's is another kind (SD-1.5 ships PNDM), and the log says so.
+    folder's is another kind (SD-1.5 ships PNDM), and the log says so. device: where it runs (moved
+    there after loading, as `pipe.to(device)` would).
     """
+    device = check_device(device)
     source = resolve_model(model)
     kwargs.setdefault("dtype", torch.float32)
     if not Path(source).exists():
@@ -77,7 +102,7 @@ def load_pipeline(model: str | os.PathLike | None = EMBEDDED, pipeline_class: ty
         logger.warning("model %s: its %s replaced by a %s made from the same config (%s needs one)", model,
                        type(pipe.scheduler).__name__, required.__name__, pipeline_class.__name__)
         pipe.scheduler = required.from_config(pipe.scheduler.config)
-    return pipe
+    return pipe if device is None else pipe.to(device)
 
 
 def load_controlnet(model: str | os.PathLike | None = EMBEDDED, **kwargs) -> ControlNetModel:

@@ -11,7 +11,7 @@ import torch
 from pipelines.layered_edit import (EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning, SessionError,
                                     carry_weight, object_pixels, overlay_alpha)
 
-SETTINGS = EditSettings(height=32, width=32, steps=3)
+SETTINGS = EditSettings(height=32, width=32, steps=3, dilate_px=2)
 
 
 def _box(y0, y1, x0, x1, size=32):

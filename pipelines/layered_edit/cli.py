@@ -155,13 +155,15 @@ def script_mask(spec: dict, height: int, width: int, base: Path) -> np.ndarray:
         raise ValueError(f"mask.png: {spec['png']!r} is not an image") from None
 
 
-def run(script: Script, out: Path, model: str | None = None, overwrite: bool = False) -> LayeredSession:
-    """Run a checked script into out (all or nothing)."""
-    from pipelines.loading import load_pipeline
+def run(script: Script, out: Path, model: str | None = None, overwrite: bool = False, device: str | None = None,
+        dtype: str | None = None) -> LayeredSession:
+    """Run a checked script into out (all or nothing); device, dtype: as diffusers' `pipe.to(...)`."""
+    from pipelines.loading import check_device, load_pipeline, parse_dtype
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"out: {str(out)!r} exists and is not empty; choose a new folder, or pass --overwrite")
-    pipe = load_pipeline(model or script.model or "embedded", LayeredEditPipeline)
+    options = {} if dtype is None else {"dtype": parse_dtype(dtype)}
+    pipe = load_pipeline(model or script.model or "embedded", LayeredEditPipeline, device=check_device(device), **options)
     pipe.set_progress_bar_config(disable=True)
     try:
         session = LayeredSession(pipe, script.settings)
@@ -197,11 +199,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default=None, help="overrides the script's model")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
     args = parser.parse_args(argv)
     from pipelines.loading import ModelLoadError
 
     try:
-        session = run(load_script(args.script), Path(args.out), args.model, args.overwrite)
+        session = run(load_script(args.script), Path(args.out), args.model, args.overwrite, args.device, args.dtype)
     except (ValueError, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -17,6 +17,7 @@ PixArt-style transformers (T5 with a padding mask; resolution and aspect-ratio c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -66,13 +67,16 @@ class LayeredEditPipeline(DiffusionPipeline):
 
     def __init__(self, vae, text_encoder, tokenizer, scheduler, unet=None, transformer=None, text_encoder_2=None,
                  tokenizer_2=None, safety_checker=None, feature_extractor=None, image_encoder=None,
-                 requires_safety_checker: bool = False):
+                 requires_safety_checker: bool = False, force_zeros_for_empty_prompt: bool = False):
+        """force_zeros_for_empty_prompt: an empty negative prompt is zero embeddings (SDXL folders say so
+        in model_index.json, and from_pretrained passes it on)."""
         super().__init__()
         if unet is None and transformer is None:
             raise ValueError("unet/transformer: the pipeline needs a denoiser, got neither")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                               unet=unet, transformer=transformer, text_encoder_2=text_encoder_2,
                               tokenizer_2=tokenizer_2, safety_checker=None, feature_extractor=None, image_encoder=None)
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
@@ -148,14 +152,19 @@ class LayeredEditPipeline(DiffusionPipeline):
         with MQD each region attends to its own segment; without regions R is 1."""
         enc = encode_prompts(prompts + [negative_prompt], self.tokenizer, self.text_encoder, device,
                              self.tokenizer_2, self.text_encoder_2, t5=self.transformer is not None)
+        dtype = self.denoiser.dtype  # an fp16 text encoder beside a float32 denoiser (fp16 files) is cast
         n = len(prompts)
+        negative, negative_pooled = enc.hidden[n:], None if enc.pooled is None else enc.pooled[n:]
+        if negative_prompt == "" and self.config.force_zeros_for_empty_prompt:  # as SDXL's own pipeline does
+            negative = torch.zeros_like(negative)
+            negative_pooled = None if negative_pooled is None else torch.zeros_like(negative_pooled)
         cond = enc.hidden[:n].reshape(1, -1, enc.hidden.shape[-1])
-        hidden = torch.cat([enc.hidden[n:].repeat(1, n, 1), cond])
+        hidden = torch.cat([negative.repeat(1, n, 1), cond]).to(dtype)
         mask, added = None, {}
         if enc.mask is not None:
             mask = torch.cat([enc.mask[n:].repeat(1, n), enc.mask[:n].reshape(1, -1)])
         if enc.pooled is not None:  # SDXL: the global vector is the newest prompt's
-            pooled = torch.cat([enc.pooled[n:], enc.pooled[n - 1:n]])
+            pooled = torch.cat([negative_pooled, enc.pooled[n - 1:n]]).to(dtype)
             size = [height, width, 0, 0, height, width]
             added = {"text_embeds": pooled, "time_ids": torch.tensor([size, size], dtype=pooled.dtype, device=device)}
         if self.transformer is not None:
@@ -192,16 +201,32 @@ class LayeredEditPipeline(DiffusionPipeline):
             latents = blend_latents(background[0:1], latents, latent_mask)
         return 0, latents, [latents[0]]
 
+    @contextlib.contextmanager
+    def _vae_precision(self):
+        """The VAE in float32 for the block when its config says fp16 overflows (force_upcast: SDXL's
+        VAE gives NaNs in fp16), as diffusers' own pipelines upcast it; yields the dtype to feed it."""
+        upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            yield self.vae.dtype
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
+
     @torch.no_grad()
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
         """(1, C, h, w) scaled latents of an (H, W, 3) uint8 image (the posterior's mean)."""
-        x = images_to_tensor([image]).to(self._execution_device, self.vae.dtype)
-        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        with self._vae_precision() as dtype:
+            x = images_to_tensor([image]).to(self._execution_device, dtype)
+            latents = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        return latents.to(self.denoiser.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(H, W, 3) uint8 image of latents (1, C, h, w)."""
-        return tensor_to_images(self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample)[0]
+        with self._vae_precision() as dtype:
+            return tensor_to_images(self.vae.decode(latents.to(dtype) / self.vae.config.scaling_factor).sample)[0]
 
     # -- one layer
 

@@ -34,7 +34,8 @@ class EditSettings:
     negative_prompt: str = ""
     mqd: bool = True
     bcg: bool = True
-    dilate_px: int = 2  # pixels outside the mask dilated by this much (plus feathering) never change
+    dilate_px: int | None = None  # pixels outside the mask dilated by this much (plus feathering) never
+    #                              change; None: half a latent cell, at least 2 (2 px at 64 px, 4 px for SD)
     protect: float = 0.5  # an earlier object a new rough mask covers by at most this fraction is kept
     #                       (its pixels leave the edit region); above it the new layer may occlude it.
     #                       0 protects nothing.
@@ -53,15 +54,18 @@ class EditSettings:
             raise ValueError(f"steps: expected a positive integer, got {self.steps!r}")
         if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
             raise ValueError(f"guidance: expected a finite number, got {self.guidance!r}")
-        if not isinstance(self.dilate_px, int) or self.dilate_px < 0:
+        if self.dilate_px is not None and (not isinstance(self.dilate_px, int) or self.dilate_px < 0):
             raise ValueError(f"dilate_px: expected a non-negative integer, got {self.dilate_px!r}")
         if not 0 <= self.protect <= 1:
             raise ValueError(f"protect: expected a fraction in [0, 1], got {self.protect!r}")
 
     def sized_for(self, pipe) -> "EditSettings":
-        """These settings with an unset height or width taken from the pipeline's default size."""
+        """These settings with what is unset taken from the pipeline: its default height and width, and
+        a dilation of half its latent cell (at least 2 px), so a rough mask's border means the same at
+        every size."""
         height, width = pipe.default_size
-        return replace(self, height=self.height or height, width=self.width or width)
+        dilate = self.dilate_px if self.dilate_px is not None else max(2, pipe.vae_scale_factor // 2)
+        return replace(self, height=self.height or height, width=self.width or width, dilate_px=dilate)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pipelines.layered_edit import EditSettings
 from tests.tiny_models import sd1_components
 
 SIZE = 32
-SETTINGS = EditSettings(height=SIZE, width=SIZE, steps=2)
+SETTINGS = EditSettings(height=SIZE, width=SIZE, steps=2, dilate_px=2)
 
 
 def free_port() -> int:

@@ -203,3 +203,12 @@ def test_the_work_folder_is_bounded_and_swept(tmp_path):
     with work.scratch() as scratch:
         (scratch / "upload").write_bytes(b"y")
     assert not scratch.exists()
+
+
+def test_the_load_benchmark_runs_and_loses_nothing(tiny_model_dir, tmp_path):
+    from benchmarks import app_load
+    result = app_load.main(["--clients", "2", "--edits", "1", "--model", str(tiny_model_dir),
+                            "--json", str(tmp_path / "load.json")])
+    assert result["errors"] == [] and result["lost_edits"] == 0
+    assert result["latency"]["add layer"]["n"] == 2 and result["peak_rss_mib"] > 0
+    assert result["work_folder_bytes"]["after"] >= result["work_folder_bytes"]["before"]
