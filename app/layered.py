@@ -162,7 +162,9 @@ class LayeredTab:
     def download_session(self, key):
         def write(session, folder):
             session.save(folder / "session")
-            return shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
+            archive = shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
+            shutil.rmtree(folder / "session")  # the zip is what the browser gets
+            return archive
         return self._file(key, write, "Session saved: upload this zip later to resume.")
 
     def upload_session(self, key, model_name, file):
@@ -185,7 +187,9 @@ class LayeredTab:
             Image.fromarray(session.composite).save(folder / "composite.png")
             for i, image in enumerate(session.layer_images()):
                 Image.fromarray(image).save(folder / f"layer_{i:02d}.png")
-            return shutil.make_archive(str(folder), "zip", folder)
+            archive = shutil.make_archive(str(folder), "zip", folder)
+            shutil.rmtree(folder)
+            return archive
         return self._file(key, write, "Exported the composite and every layer as PNG.")
 
 

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from formats.jsonfile import read_json
+
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 # camera models whose images Strata can use as they are (no distortion to undo)
 PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
 DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
+MAX_TRANSFORMS_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,7 @@ def read_transforms(path: str | Path, check_files: bool = True) -> NerfstudioSce
     path = Path(path)
     if path.is_dir():
         path = path / "transforms.json"
-    if not path.is_file():
-        raise ValueError(f"transforms.json: no such file at {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"transforms.json: not valid JSON ({err})") from None
+    data = read_json(path, "transforms.json", MAX_TRANSFORMS_BYTES)
     if not isinstance(data, dict):
         raise ValueError(f"transforms.json: expected an object, got {type(data).__name__}")
     frames = data.get("frames")

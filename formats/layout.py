@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from formats.cameras import Camera
+from formats.jsonfile import read_json
 
 VERSION = 1
 CLASSES = ("car", "truck", "pedestrian")
@@ -126,16 +127,7 @@ class StreetClip:
 
     @staticmethod
     def load(path: str | Path) -> "StreetClip":
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"layout: no such file {path.name!r}")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ValueError(f"layout: {path.name!r} is larger than {MAX_FILE_BYTES >> 20} MiB")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"layout: {path.name!r} is not valid JSON ({err})") from None
-        return StreetClip.from_json(data)
+        return StreetClip.from_json(read_json(path, "layout", MAX_FILE_BYTES))
 
 
 def _require(obj, where: str, keys) -> None:

@@ -195,16 +195,20 @@ def test_a_version_2_session_with_prompt_embeddings_still_loads(sd1_components, 
     session.add_layer("a red circle", _box(2, 12, 2, 12), seed=1)
     folder = session.save(tmp_path / "v3")
     manifest = json.loads((folder / "session.json").read_text())
-    assert manifest["version"] == 3
-    manifest["version"] = 2  # what sessions saved before the change look like: embeddings in memory
-    (folder / "session.json").write_text(json.dumps(manifest))
+    assert manifest["version"] == 4
+    manifest["version"] = 2  # what sessions saved before the change look like: embeddings in memory,
+    (folder / "session.json").write_text(json.dumps(manifest))  # masks one byte per pixel
     tensors = load_file(folder / "memory.safetensors")
     tensors |= {f"layer{i}.embeds": torch.randn(1, 77, 32) for i in range(2)}
+    for i, layer in enumerate(session.layers):
+        for name, mask in (("mask", layer.rough_mask), ("edit_mask", layer.edit_mask), ("object_mask", layer.object_mask)):
+            tensors[f"layer{i}.{name}"] = torch.from_numpy(mask.astype(np.uint8))
     save_file(tensors, folder / "memory.safetensors")
     again = LayeredSession.load(pipe, folder)
     for a, b in zip(session.layers, again.layers):
         assert torch.equal(a.trajectory, b.trajectory)
         np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.object_mask, b.object_mask)
     again.add_layer("a blue square", _box(18, 30, 18, 30), seed=2)
 
 

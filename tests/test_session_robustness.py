@@ -134,7 +134,8 @@ def test_bad_manifests_are_refused_before_anything_is_read(session, tmp_path, ch
     (lambda t: t["layer1.trajectory"].view(-1).__setitem__(0, float("nan")), "finite floating-point"),
     (lambda t: t["layer0.trajectory"].view(-1).__setitem__(3, float("inf")), "finite floating-point"),
     (lambda t: t.update({"layer1.trajectory": t["layer1.trajectory"][:, :3].contiguous()}), "not of shape"),
-    (lambda t: t.update({"layer1.mask": t["layer1.mask"] * 7}), "uint8 0/1"),
+    (lambda t: t.update({"layer1.mask": t["layer1.mask"][:-1].contiguous()}), "layer1.mask is missing or not of shape"),
+    (lambda t: t.update({"layer1.image": t["layer1.image"].float()}), "layer1.image must be uint8"),
     (lambda t: t.pop("layer0.image"), "layer0.image is missing"),
 ])
 def test_bad_tensors_are_refused(session, tmp_path, change, message):

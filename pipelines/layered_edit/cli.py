@@ -9,7 +9,6 @@ beside it becomes --out when every edit is done. An existing, non-empty --out is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from formats.jsonfile import read_json
 from pipelines.atomic import writing_folder
 from pipelines.layered_edit.pipeline import LayeredEditPipeline
 from pipelines.layered_edit.session import LayeredSession
@@ -56,14 +56,7 @@ def load_script(path: str | Path) -> Script:
     A layer's seed defaults to its position (1, 2, …); image and mask paths are relative to the script.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"script: no such file {str(path)!r}")
-    if path.stat().st_size > MAX_SCRIPT_BYTES:
-        raise ValueError(f"script: larger than {MAX_SCRIPT_BYTES >> 10} KiB; not an edit script")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"script: not valid JSON ({err})") from None
+    data = read_json(path, "script", MAX_SCRIPT_BYTES)
     _object(data, "script", required=("scene",), allowed=("model", "settings", "scene", "layers"))
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
