@@ -16,10 +16,15 @@ these with the renderer's shading range, so a shaded face is still its palette c
 VAE: PSNR of reconstructions of held-out flat, orbit and street images.
 Speed: seconds per 64 × 64 image, 20 steps with guidance, batch 1, on this machine.
 
+Seeds draw disjoint sets: --seed S samples caption specs from S·10⁶ on, layouts from 10⁹ + S·10⁴ on and
+VAE images from 2·10⁹ + S·10⁴ on, so the seed-to-seed spread is over different captions and layouts
+(before, consecutive seeds walked the same spec seeds: seeds 0, 1, 2 scored the same 200 specs).
+Every rate has its 95 % Wilson interval beside it, the PSNR a 95 % interval over images.
+
 The random-weight model has the same architecture (`world.models.build_components`, seed 0).
 JSON keys: machine, n, seed, rows.<model>.{t2i_background, t2i_colour, t2i_shape, t2i_count,
-controlnet_inside_box, controlnet_colour, vae_psnr_db, seconds_per_image}, ground_truth.{controlnet_inside_box,
-controlnet_colour}.
+controlnet_inside_box, controlnet_colour, vae_psnr_db, seconds_per_image} and <key>_ci = [low, high]
+for each rate and the PSNR, ground_truth.{controlnet_inside_box, controlnet_colour}.
 """
 
 from __future__ import annotations
@@ -43,11 +48,23 @@ from world.street import render_street_frame, sample_street_clip
 from pipelines.conditioning import images_to_tensor
 
 STEPS, GUIDANCE = 20, 4.0
+CAPTIONS_PER_SEED = 10**6  # spec seeds S·10⁶, S·10⁶ + 1, …: each seed its own captions
+CASES_PER_SEED = 10**4
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a rate."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(centre - half), float(centre + half)]
 
 
 def held_out_captions(n: int, seed: int) -> list:
     held = held_out_triples()
-    specs, s = [], seed
+    specs, s = [], CAPTIONS_PER_SEED * seed
     while len(specs) < n:
         spec = sample_flat_spec(s, (1, 2))
         s += 1
@@ -75,15 +92,18 @@ def score_t2i(pipe, specs, seed, batch: int = 16) -> dict:
                 totals["objects"] += 1
                 totals["colour"] += bool(reading.find(obj.colour))
                 totals["shape"] += bool(reading.find(obj.colour, obj.shape))
-    n = len(specs)
-    return {"t2i_background": totals["background"] / n, "t2i_colour": totals["colour"] / totals["objects"],
-            "t2i_shape": totals["shape"] / totals["objects"], "t2i_count": totals["count"] / n}
+    n, objects = len(specs), totals["objects"]
+    out = {}
+    for key, total in (("background", n), ("colour", objects), ("shape", objects), ("count", n)):
+        out[f"t2i_{key}"] = totals[key] / total
+        out[f"t2i_{key}_ci"] = wilson(totals[key], total)
+    return out
 
 
 def controlnet_cases(n: int, seed: int) -> list:
     cases = []
     for s in range(n):
-        spec = sample_orbit_spec(10**6 + seed + s, (1, 3), n_cameras=8)
+        spec = sample_orbit_spec(10**9 + CASES_PER_SEED * seed + s, (1, 3), n_cameras=8)
         view = render_orbit(spec, [s % 8])[0]
         objects = []
         for k, obj in enumerate(spec.objects, start=1):
@@ -103,7 +123,8 @@ def score_layout(images, cases) -> dict:
             matches = reading.find(obj_colour)
             inside += any(box_iou(m.box, box) >= 0.5 for m in matches)
             colour += any(box_iou(m.box, box) > 0 for m in matches)
-    return {"controlnet_inside_box": inside / max(total, 1), "controlnet_colour": colour / max(total, 1)}
+    return {"controlnet_inside_box": inside / max(total, 1), "controlnet_inside_box_ci": wilson(inside, total),
+            "controlnet_colour": colour / max(total, 1), "controlnet_colour_ci": wilson(colour, total)}
 
 
 def score_controlnet(pipe, cases, seed, batch: int = 8) -> dict:
@@ -116,15 +137,18 @@ def score_controlnet(pipe, cases, seed, batch: int = 8) -> dict:
 
 
 @torch.no_grad()
-def vae_psnr(vae, n: int, seed: int) -> float:
-    rng = np.random.default_rng(seed)
-    images = [render_flat(sample_flat_spec(int(rng.integers(2**31)), (0, 5))).image for _ in range(n // 2)]
-    images += [v.rgb for s in range(n // 4) for v in render_orbit(sample_orbit_spec(10**7 + seed + s), [s % 8])]
-    images += [v.rgb for s in range(n // 4) for v in render_street_frame(sample_street_clip(10**7 + seed + s, n_frames=1), 0, [s % 6])]
+def vae_psnr(vae, n: int, seed: int) -> tuple[float, list[float]]:
+    """Mean PSNR of reconstructions and its 95 % interval over images."""
+    first = 2 * 10**9 + CASES_PER_SEED * seed
+    images = [render_flat(sample_flat_spec(first + s, (0, 5))).image for s in range(n // 2)]
+    images += [v.rgb for s in range(n // 4) for v in render_orbit(sample_orbit_spec(first + s), [s % 8])]
+    images += [v.rgb for s in range(n // 4) for v in render_street_frame(sample_street_clip(first + s, n_frames=1), 0, [s % 6])]
     x = images_to_tensor(images)
     recon = torch.cat([vae(x[i:i + 16], sample_posterior=False).sample for i in range(0, len(x), 16)]).clamp(-1, 1)
     mse = ((recon - x) / 2).pow(2).mean((1, 2, 3))
-    return float((10 * torch.log10(1 / mse)).mean())
+    psnr = (10 * torch.log10(1 / mse)).double().numpy()
+    half = 1.96 * psnr.std(ddof=1) / np.sqrt(len(psnr))
+    return float(psnr.mean()), [float(psnr.mean() - half), float(psnr.mean() + half)]
 
 
 def seconds_per_image(pipe, repeats: int = 3) -> float:
@@ -145,7 +169,7 @@ def evaluate(pipe, controlnet, specs, cases, args) -> dict:
                                                     requires_safety_checker=False)
         cn_pipe.set_progress_bar_config(disable=True)
         row.update(score_controlnet(cn_pipe, cases, args.seed))
-    row["vae_psnr_db"] = vae_psnr(pipe.vae, 64, args.seed)
+    row["vae_psnr_db"], row["vae_psnr_db_ci"] = vae_psnr(pipe.vae, 64, args.seed)
     row["seconds_per_image"] = seconds_per_image(pipe)
     return row
 
@@ -179,7 +203,15 @@ def main(argv=None) -> dict:
     ground_truth = score_layout([view.rgb for _, view, _ in cases], cases)
     keys = ["t2i_background", "t2i_colour", "t2i_shape", "t2i_count", "controlnet_inside_box", "controlnet_colour",
             "vae_psnr_db", "seconds_per_image"]
-    table = [[name] + [row.get(k, "-") for k in keys] for name, row in rows.items()]
+    def cell(row, key):
+        if key not in row:
+            return "-"
+        if f"{key}_ci" not in row:
+            return row[key]
+        low, high = row[f"{key}_ci"]
+        digits = 1 if key == "vae_psnr_db" else 3
+        return f"{row[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    table = [[name] + [cell(row, k) for k in keys] for name, row in rows.items()]
     table.append(["ground-truth render"] + ["-"] * 4 + [ground_truth["controlnet_inside_box"], ground_truth["controlnet_colour"], "-", "-"])
     print_table(f"Model quality on held-out captions (n={args.n}) and layouts (n={len(cases)}), seed {args.seed}, "
                 f"{machine()}", ["model", "background", "colour", "shape", "count", "CN in box", "CN colour",

@@ -245,3 +245,15 @@ def test_no_ui_value_raises_in_a_callback(tab, call, data):
     if call in ("download_session", "export_png") and result[0] is None:
         assert result[1].startswith("⚠️")
     assert all(c in string.printable or ord(c) > 127 for c in result[-1])
+
+
+@FUZZ
+@given(lines=st.lists(JSON.map(json.dumps) | st.text(max_size=30), min_size=1, max_size=6))
+def test_any_jobs_file_gives_jobs_or_failures_by_line(tmp_path, lines):
+    from pipelines.batch import parse_jobs
+    path = tmp_path / f"jobs{len(list(tmp_path.iterdir()))}.jsonl"
+    path.write_text("\n".join(line.replace("\n", " ") for line in lines))
+    jobs, failures = parse_jobs(path)
+    assert len(jobs) + len(failures) == sum(1 for line in lines if line.replace("\n", " ").strip())  # one per line
+    assert all(f["error"].startswith(f"line {f['line']}") for f in failures)
+    assert len({j.id for j in jobs}) == len(jobs) and all("/" not in j.id for j in jobs)

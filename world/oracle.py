@@ -2,8 +2,12 @@
 
 Pixels are assigned to the nearest palette colour (object colours and background colours; for
 shaded 3-D renders, the nearest shade s·colour with s in the renderer's shading range);
-objects are connected components of one object colour, their shape is read from how much of their
-bounding box they fill, and the background is the majority of background-coloured pixels.
+objects are connected components of one object colour, and the background is the majority of
+background-coloured pixels. A component is a shape only if it is solid (its area at least
+MIN_SOLIDITY of its convex hull's) and about as tall as wide (MAX_ASPECT): then the fill of its
+bounding box tells triangle (0.5), circle (0.785) and square (1.0) apart; otherwise it is
+"irregular" (a speckle, a bar, a 2:1 ellipse), which matches no asked shape. On ground-truth scenes
+the world's shapes have solidity ≥ 0.86 and aspect ≤ 1.09 (benchmarks.oracle).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from world.vocab import BACKGROUNDS, COLOURS, SHAPE_FILL
 
@@ -21,15 +26,23 @@ _PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUNDS.values()), dtype=n
 # Fill-ratio thresholds halfway between triangle (0.5), circle (0.785) and square (1.0).
 _TRIANGLE_CIRCLE = (SHAPE_FILL["triangle"] + SHAPE_FILL["circle"]) / 2
 _CIRCLE_SQUARE = (SHAPE_FILL["circle"] + SHAPE_FILL["square"]) / 2
+MIN_SOLIDITY = 0.8  # area / convex hull area; the world's shapes: circle ≥ 0.90, triangle ≥ 0.86, square 1.0
+MAX_ASPECT = 1.4  # longer / shorter side of the bounding box; the world's shapes ≤ 1.09
+# An edit succeeds when the asked object lies in its rough mask at a plausible size: its area between
+# these fractions of the mask's (in the edit scenarios the true object is 0.135–0.635 of its mask).
+MIN_AREA_OF_MASK, MAX_AREA_OF_MASK = 0.1, 1.0
 
 
 @dataclass(frozen=True)
 class DetectedObject:
     colour: str
-    shape: str
+    shape: str  # "circle", "square", "triangle", or "irregular"
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (end exclusive)
     area: int
-    fill: float
+    fill: float  # area / bounding box area
+    solidity: float = 1.0  # area / convex hull area
+    aspect: float = 1.0  # longer / shorter bounding box side
+    centroid: tuple[float, float] = (0.0, 0.0)  # (x, y) pixel coordinates
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,22 @@ def classify_pixels(image: np.ndarray, max_distance: float = 70.0, shading: tupl
     return labels
 
 
+def hull_area(pixels: np.ndarray) -> float:
+    """Area of the convex hull of a component's pixels (as unit squares)."""
+    ys, xs = np.nonzero(pixels)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]).astype(float)
+    try:
+        return float(ConvexHull(corners).volume)
+    except (QhullError, ValueError):  # a line of pixels: no 2-D hull
+        return float(len(xs))
+
+
+def shape_of(fill: float, solidity: float, aspect: float) -> str:
+    if solidity < MIN_SOLIDITY or aspect > MAX_ASPECT:
+        return "irregular"
+    return shape_from_fill(fill)
+
+
 def shape_from_fill(fill: float) -> str:
     if fill >= _CIRCLE_SQUARE:
         return "square"
@@ -78,12 +107,19 @@ def read_image(image: np.ndarray, min_area_fraction: float = 0.004, shading: tup
         if count == 0:
             continue
         for index, slc in enumerate(ndimage.find_objects(components), start=1):
-            area = int((components[slc] == index).sum())
+            pixels = components[slc] == index
+            area = int(pixels.sum())
             if area < min_area:
                 continue
             box = (slc[1].start, slc[0].start, slc[1].stop, slc[0].stop)
-            fill = area / ((box[2] - box[0]) * (box[3] - box[1]))
-            objects.append(DetectedObject(colour, shape_from_fill(fill), box, area, fill))
+            width, height = box[2] - box[0], box[3] - box[1]
+            fill = area / (width * height)
+            solidity = min(1.0, area / hull_area(pixels))
+            aspect = max(width, height) / min(width, height)
+            ys, xs = np.nonzero(pixels)
+            centroid = (float(xs.mean() + box[0] + 0.5), float(ys.mean() + box[1] + 0.5))
+            objects.append(DetectedObject(colour, shape_of(fill, solidity, aspect), box, area, fill, solidity, aspect,
+                                          centroid))
     counts = np.bincount(labels[labels >= len(_OBJECT_NAMES)] - len(_OBJECT_NAMES),
                          minlength=len(_BACKGROUND_NAMES))
     background = _BACKGROUND_NAMES[int(counts.argmax())] if counts.sum() else "unknown"
@@ -108,12 +144,16 @@ def best_match(reading: Reading, colour: str, box) -> DetectedObject | None:
 
 def object_inside_mask(reading: Reading, colour: str, shape: str, mask: np.ndarray,
                        min_inside: float = 0.8) -> bool:
-    """Is there an object of this colour and shape whose pixels lie mostly inside mask (H, W)?"""
+    """Is there an object of this colour and shape in mask (H, W): at least min_inside of its pixels
+    inside, its centroid inside, and its area between MIN_AREA_OF_MASK and MAX_AREA_OF_MASK of the mask's?"""
+    mask_area = int(mask.sum())
     for obj in reading.find(colour, shape):
         x0, y0, x1, y1 = obj.box
         pixels = reading.labels[y0:y1, x0:x1] == _OBJECT_NAMES.index(colour)
         inside = (pixels & mask[y0:y1, x0:x1]).sum()
-        if inside >= min_inside * pixels.sum():
+        cx, cy = (int(v) for v in obj.centroid)
+        if (inside >= min_inside * pixels.sum() and mask[min(cy, mask.shape[0] - 1), min(cx, mask.shape[1] - 1)]
+                and MIN_AREA_OF_MASK * mask_area <= obj.area <= MAX_AREA_OF_MASK * mask_area):
             return True
     return False
 

@@ -43,7 +43,7 @@ class Script:
     base: Path  # the script's folder: image and mask paths are relative to it
 
 
-def load_script(path: str | Path) -> Script:
+def load_script(path: str | Path, base: str | Path | None = None) -> Script:
     """An edit script (JSON), checked field by field (ValueError naming the first bad one):
 
         {"model": "embedded",                              optional: a diffusers folder or hub id
@@ -53,7 +53,8 @@ def load_script(path: str | Path) -> Script:
          "layers": [{"prompt": "a red circle", "seed": 1,
                      "mask": {"box": [x0, y0, x1, y1]}  or  {"png": "mask.png"}}, …]}
 
-    A layer's seed defaults to its position (1, 2, …); image and mask paths are relative to the script.
+    A layer's seed defaults to its position (1, 2, …); image and mask paths are relative to the script
+    (or to base, for a script written out of a batch job's line).
     """
     path = Path(path)
     data = read_json(path, "script", MAX_SCRIPT_BYTES)
@@ -67,7 +68,7 @@ def load_script(path: str | Path) -> Script:
         settings = EditSettings(**settings)
     except (TypeError, ValueError) as err:
         raise ValueError(f"settings.{err}") from None
-    base = path.parent
+    base = path.parent if base is None else Path(base)
     scene = data["scene"]
     _object(scene, "scene", allowed=("prompt", "seed", "image", "method"))
     if "prompt" not in scene and "image" not in scene:
@@ -158,31 +159,40 @@ def run(script: Script, out: Path, model: str | None = None, overwrite: bool = F
     options = {} if dtype is None else {"dtype": parse_dtype(dtype)}
     pipe = load_pipeline(model or script.model or "embedded", LayeredEditPipeline, device=check_device(device), **options)
     pipe.set_progress_bar_config(disable=True)
+    with writing_folder(out) as partial:
+        return run_script(script, pipe, partial, progress=True)
+
+
+def run_script(script: Script, pipe: LayeredEditPipeline, folder: Path, seed_offset: int = 0,
+               progress: bool = False) -> LayeredSession:
+    """The edits of a checked script with a loaded pipeline, written into folder: step_NN.png after each,
+    layers/layer_NN.png and the saved session. seed_offset is added to every seed (a batch job's seed)."""
     try:
         session = LayeredSession(pipe, script.settings)
     except ValueError as err:  # a size the model's VAE cannot take
         raise ValueError(f"settings.{err}") from None
     s = session.settings
-    with writing_folder(out) as partial, tqdm(total=1 + len(script.layers), desc="edits") as bar:
-        (partial / "layers").mkdir()
+    with tqdm(total=1 + len(script.layers), desc="edits", disable=not progress) as bar:
+        (folder / "layers").mkdir()
         scene = script.scene
         if "image" in scene:
             session.start_from_image(script.base / scene["image"], scene.get("prompt", ""),
-                                     scene.get("method", "inversion"), scene.get("seed", 0))
+                                     scene.get("method", "inversion"), scene.get("seed", 0) + seed_offset)
         else:
-            session.start_from_prompt(scene["prompt"], scene.get("seed", 0))
-        Image.fromarray(session.composite).save(partial / "step_00.png")
+            session.start_from_prompt(scene["prompt"], scene.get("seed", 0) + seed_offset)
+        Image.fromarray(session.composite).save(folder / "step_00.png")
         bar.update(1)
         for i, layer in enumerate(script.layers):
             try:
-                session.add_layer(layer.prompt, script_mask(layer.mask, s.height, s.width, script.base), layer.seed)
+                session.add_layer(layer.prompt, script_mask(layer.mask, s.height, s.width, script.base),
+                                  layer.seed + seed_offset)
             except ValueError as err:
                 raise ValueError(f"layers[{i}].{err}") from None
-            Image.fromarray(session.composite).save(partial / f"step_{i + 1:02d}.png")
+            Image.fromarray(session.composite).save(folder / f"step_{i + 1:02d}.png")
             bar.update(1)
         for i, image in enumerate(session.layer_images()):
-            Image.fromarray(image).save(partial / "layers" / f"layer_{i:02d}.png")
-        session.save(partial / "session")
+            Image.fromarray(image).save(folder / "layers" / f"layer_{i:02d}.png")
+        session.save(folder / "session")
     return session
 
 

@@ -75,6 +75,13 @@ def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 48.0
     return changed
 
 
+def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1) -> np.ndarray:
+    """(H, W) alpha in [0, 1] of a new layer's object: the pixels of region the generation visibly
+    changed (`object_pixels`: holes filled, specks dropped), feathered by feather_px. What the
+    generation redrew of the background inside the region gets 0: the old background shows there."""
+    return overlay_alpha(object_pixels(before, generated) & region, feather_px)
+
+
 def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.ndarray:
     """(H, W) bool: the visible pixels of earlier objects that rough_mask covers by at most `protect`
     of their area, grown by one pixel. A pixel's owner is the last layer whose object covers it."""

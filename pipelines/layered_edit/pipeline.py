@@ -193,11 +193,12 @@ class LayeredEditPipeline(DiffusionPipeline):
     def prepare_latents(self, shape: tuple, generator, device, background, latent_mask, start_trajectory,
                         n_blended: int) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
         """(the first step to run, its latents (1, C, h, w), the trajectory so far). From memory
-        (start_trajectory): its latents up to the end of the BCG phase, then only the last steps run."""
+        (start_trajectory): its latents up to the end of the BCG phase, then only the last steps run.
+        With BCG (n_blended > 0) the starting noise outside the mask is the background's too."""
         if start_trajectory is not None:
             return n_blended, start_trajectory[n_blended:n_blended + 1], list(start_trajectory[:n_blended + 1])
         latents = randn_tensor(shape, generator=generator, device=device, dtype=self.denoiser.dtype)
-        if background is not None:
+        if background is not None and n_blended > 0:
             latents = blend_latents(background[0:1], latents, latent_mask)
         return 0, latents, [latents[0]]
 
@@ -269,7 +270,7 @@ class LayeredEditPipeline(DiffusionPipeline):
         # 3. timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        n_blended = int(round(num_inference_steps * (1 - harmonize)))
+        n_blended = int(round(num_inference_steps * (1 - harmonize))) if bcg else 0
 
         # 4. latents and masks
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -296,7 +297,7 @@ class LayeredEditPipeline(DiffusionPipeline):
                 controller.begin_step(i, int(t))
                 uncond, text = self.predict(torch.cat([latents, latents]), t, cond).chunk(2)
                 latents = self.scheduler.step(uncond + guidance_scale * (text - uncond), t, latents).prev_sample
-                if background is not None and bcg and i < n_blended:
+                if background is not None and i < n_blended:
                     latents = blend_latents(background[i + 1:i + 2], latents, latent_mask)
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents}

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from pipelines.conditioning import blend_latents
-from pipelines.layered_edit.geometry import (carry_weight, composite, object_pixels, overlay_alpha, prepare_mask,
-                                             protected_pixels)
+from pipelines.layered_edit.geometry import (carry_weight, composite, object_alpha, object_pixels, overlay_alpha,
+                                             prepare_mask, protected_pixels)
 from pipelines.layered_edit.pipeline import LayeredEditPipeline
 from pipelines.layered_edit.session_format import load_session, save_session
 from pipelines.layered_edit.settings import EditSettings, Layer, check_seed
@@ -164,10 +164,15 @@ class LayeredSession:
             start = blend_latents(below[-1].trajectory, memory.trajectory, self.pipe.latent_mask(memory.object_mask))
         out = self.pipe(prompt, mask=edit, background=below[-1].trajectory, **scene, start_trajectory=start,
                         generator=_generator(seed), callback_on_step_end=_progress(callback, s), **self._call_settings())
+        new = out.images[0]
         alpha = overlay_alpha(edit, s.dilate_px)
+        trajectory = out.trajectory
+        if s.overlay == "object":  # only the new object (feathered) over the scene: no halo of new background
+            alpha = np.minimum(alpha, object_alpha(below[-1].image, new, alpha > 0))
+            trajectory = blend_latents(below[-1].trajectory, trajectory, self.pipe.latent_mask(alpha > 0))
         alpha[protected] = 0  # earlier objects keep their exact pixels
-        image = composite(below[-1].image, out.images[0], alpha)
-        return Layer(prompt, seed, mask, "object", out.trajectory, image, edit, object_pixels(below[-1].image, image))
+        image = composite(below[-1].image, new, alpha)
+        return Layer(prompt, seed, mask, "object", trajectory, image, edit, object_pixels(below[-1].image, image))
 
     def _replay(self, kept: list[Layer], old: list[Layer]) -> list[Layer]:
         """Bring the layers after kept up to date. old[0] is the layer kept's last one replaces (or the

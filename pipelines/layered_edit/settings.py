@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 REPLAY_MODES = ("memory", "seed")
+OVERLAYS = ("object", "mask")
 # "prompt" (generated), "image" (DDIM inversion), "noise" (forward noising): backgrounds; "object": the rest
 KINDS = ("prompt", "image", "noise", "object")
 MAX_SEED = 2**63 - 1
@@ -39,6 +40,10 @@ class EditSettings:
     protect: float = 0.5  # an earlier object a new rough mask covers by at most this fraction is kept
     #                       (its pixels leave the edit region); above it the new layer may occlude it.
     #                       0 protects nothing.
+    overlay: str = "object"  # what of a new layer is laid over the scene: "object", only the pixels its
+    #                         generation visibly changed (feathered; the background it redrew inside the
+    #                         rough mask is not shown, and its latents keep the scene's); "mask", the whole
+    #                         dilated rough mask (which showed a halo of new background around the object)
     replay: str = "memory"  # how a later layer that sees a removal/re-edit below it is brought up to date:
     #                         "memory": its own latents inside its object (from memory) spliced onto the new
     #                         scene, then only the last `harmonize` steps re-run, and that result kept only
@@ -48,6 +53,8 @@ class EditSettings:
     def __post_init__(self):
         if self.replay not in REPLAY_MODES:
             raise ValueError(f"replay: expected one of {REPLAY_MODES}, got {self.replay!r}")
+        if self.overlay not in OVERLAYS:
+            raise ValueError(f"overlay: expected one of {OVERLAYS}, got {self.overlay!r}")
         if not 0 <= self.harmonize <= 1:
             raise ValueError(f"harmonize: expected a fraction in [0, 1], got {self.harmonize!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
