@@ -3,15 +3,20 @@ pattern), built from parts.
 
 The pipeline owns one controller per call. It holds the step and timestep, which every processor
 may read, and one small state object per mechanism: `regions` (MQD's region maps, plans and cached
-keys, `attention_processors.regions`); the multi-view and driving pipelines add theirs beside it.
+keys, `attention_processors.regions`) and `views` (cross-view and temporal attention's groups and
+index, `attention_processors.cross_view`).
 Processors hold a reference to the controller and their own install name, nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from attention_processors.regions import RegionState
+
+if TYPE_CHECKING:
+    from attention_processors.cross_view import ViewState
 
 
 @dataclass
@@ -20,6 +25,7 @@ class AttentionController:
     mechanism's state (None where the call does not use the mechanism)."""
 
     regions: RegionState | None = None
+    views: "ViewState | None" = None
     step: int = 0
     timestep: int | None = None
 

@@ -45,7 +45,9 @@ class CachedKeys:
 class RegionState:
     """Regions for one call.
 
-    labels: (h, w) long region per latent pixel, values in [0, n_regions); segment_length: tokens per
+    labels: (h, w) long region per latent pixel, values in [0, n_regions), shared by the batch; or
+    (B, h, w), one map per batch row after the shared rows (the driving pipeline's cameras and frames
+    each have their own boxes); segment_length: tokens per
     prompt in the concatenated encoder states (77 for CLIP); shared_rows: how many leading batch rows
     carry one prompt repeated in every segment (the classifier-free-guidance negative half): they get
     plain attention on the first segment; front_min_area: see token_regions (regions with higher
@@ -64,29 +66,32 @@ class RegionState:
     def __post_init__(self):
         if not 0 < self.front_min_area <= 1:
             raise ValueError(f"front_min_area: expected a fraction in (0, 1], got {self.front_min_area!r}")
-        if self.labels.dim() != 2:
-            raise ValueError(f"labels: expected an (h, w) map, got shape {tuple(self.labels.shape)}")
+        if self.labels.dim() not in (2, 3):
+            raise ValueError(f"labels: expected an (h, w) or (B, h, w) map, got shape {tuple(self.labels.shape)}")
         if int(self.labels.max()) >= self.n_regions or int(self.labels.min()) < 0:
             raise ValueError(f"labels: values must be in [0, {self.n_regions}), got "
                              f"{int(self.labels.min())}..{int(self.labels.max())}")
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        return tuple(self.labels.shape)
+        return tuple(self.labels.shape[-2:])
 
     def token_regions(self, n_tokens: int, device: torch.device) -> torch.Tensor:
-        """(n_tokens,) region of each token: the frontmost region (highest label) that covers at least
+        """(n_tokens,) (or (B, n_tokens) for per-row labels) region of each token: the frontmost region
+        (highest label) that covers at least
         `front_min_area` of the token's area, else the region covering most of it. On the latent grid
         itself this is the label map; on coarser grids a small front layer keeps its tokens instead of
         vanishing under the region it sits on (later layers are in front)."""
         key = (n_tokens, str(device))
         if key not in self._token_maps:
             h, w = token_grid(self.latent_size, n_tokens)
-            one_hot = F.one_hot(self.labels, self.n_regions).permute(2, 0, 1)[None].float()
-            area = F.adaptive_avg_pool2d(one_hot, (h, w))[0]  # the identity on the latent grid itself
-            index = torch.arange(self.n_regions, device=area.device).view(-1, 1, 1).expand_as(area)
-            front = torch.where(area >= self.front_min_area, index, -1).amax(0)
-            self._token_maps[key] = torch.where(front >= 0, front, area.argmax(0)).reshape(-1).to(device)
+            labels = self.labels if self.labels.dim() == 3 else self.labels[None]
+            one_hot = F.one_hot(labels, self.n_regions).permute(0, 3, 1, 2).float()
+            area = F.adaptive_avg_pool2d(one_hot, (h, w))  # the identity on the latent grid itself
+            index = torch.arange(self.n_regions, device=area.device).view(1, -1, 1, 1).expand_as(area)
+            front = torch.where(area >= self.front_min_area, index, -1).amax(1)
+            regions = torch.where(front >= 0, front, area.argmax(1)).reshape(len(labels), -1).to(device)
+            self._token_maps[key] = regions if self.labels.dim() == 3 else regions[0]
         return self._token_maps[key]
 
     def region_plan(self, n_tokens: int, batch: int, device: torch.device) -> RegionPlan:

@@ -57,10 +57,12 @@ from world.flat import box_of, caption_for, sample_edit_scenario
 from world.oracle import object_inside_mask, read_image
 
 METHODS = {"full": "Strata (full)", "no-mqd": "Strata w/o MQD", "no-bcg": "Strata w/o BCG",
-           "mask-overlay": "Strata, mask overlay", "blended": "blended latent diffusion",
+           "mask-overlay": "Strata, mask overlay", "tight-0.5": "Strata, tighten 0.5", "tight-1": "Strata, tighten 1.0",
+           "blended": "blended latent diffusion",
            "regenerate": "regenerate (floor)"}  # --methods key: row name
 STRATA_FLAGS = {"Strata (full)": {}, "Strata w/o MQD": {"mqd": False}, "Strata w/o BCG": {"bcg": False},
-                "Strata, mask overlay": {"overlay": "mask"}}
+                "Strata, mask overlay": {"overlay": "mask"}, "Strata, tighten 0.5": {"tighten": 0.5},
+                "Strata, tighten 1.0": {"tighten": 1.0}}
 SCENES_PER_SEED = 10_000  # --seed S runs scenarios S·10⁴, S·10⁴ + 1, …: different seeds never overlap
 SCORES = ("success", "retention", "bg_change", "border_step", "border_step_before", "texture_step", "halo",
           "seam_psnr_db")

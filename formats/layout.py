@@ -32,6 +32,8 @@ from formats.jsonfile import read_json
 
 VERSION = 1
 CLASSES = ("car", "truck", "pedestrian")
+# the colour each class's boxes have in control maps (the embedded ControlNet was trained with these)
+CLASS_COLOURS = {"car": (36, 60, 224), "truck": (136, 48, 176), "pedestrian": (246, 134, 20)}
 MAX_IMAGE_SIDE = 4096  # pixels per side of one camera image
 MAX_CAMERAS = 12
 MAX_FRAMES = 10_000

@@ -18,3 +18,12 @@ class LayeredEditPipelineOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | None
     trajectory: torch.Tensor
+
+
+@dataclass
+class DrivingVideoPipelineOutput(BaseOutput):
+    """frames: (F, V, H, W, 3) uint8, frame-major, cameras in the rig's order (None for output_type
+    "none"); camera_names: the rig's camera names, in that order."""
+
+    frames: np.ndarray | None
+    camera_names: list[str]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from formats.cameras import Camera
+from formats.projection import intersect_boxes, intersect_ground
+
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenCV camera-to-world matrix for a camera at eye looking at target."""
@@ -23,11 +25,6 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     c2w = np.eye(4)
     c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, eye
     return c2w
-
-
-def yaw_matrix(yaw: float) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 # ---- ray/primitive intersections: rays (R, 3), primitives (P, ...) → t (R, P), normals (R, P, 3)
@@ -44,26 +41,6 @@ def intersect_spheres(o, d, centers, radii):
     hit = o[:, None, :] + t[..., None] * d[:, None, :]
     normals = (hit - centers[None]) / radii[None, :, None]
     return t, np.nan_to_num(normals)
-
-
-def intersect_boxes(o, d, centers, half_sizes, yaws):
-    """Boxes with yaw about z: centre (P, 3), half extents (P, 3), yaw (P,) radians."""
-    rot = np.stack([yaw_matrix(-y) for y in yaws]) if len(yaws) else np.zeros((0, 3, 3))
-    o_local = np.einsum("pij,rpj->rpi", rot, o[:, None, :] - centers[None])
-    d_local = np.einsum("pij,rj->rpi", rot, d)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / d_local
-        t0 = (-half_sizes[None] - o_local) * inv
-        t1 = (half_sizes[None] - o_local) * inv
-    t_near = np.nanmax(np.minimum(t0, t1), -1)
-    t_far = np.nanmin(np.maximum(t0, t1), -1)
-    t = np.where((t_far >= t_near) & (t_near > 1e-6), t_near, np.inf)
-    axis = np.nanargmax(np.minimum(t0, t1), -1)
-    sign = -np.sign(np.take_along_axis(d_local, axis[..., None], -1))[..., 0]
-    n_local = np.zeros(d_local.shape)
-    np.put_along_axis(n_local, axis[..., None], sign[..., None], -1)
-    normals = np.einsum("pji,rpj->rpi", rot, n_local)  # rotate back (rot is orthonormal)
-    return t, normals
 
 
 def intersect_cylinders(o, d, centers, radii, half_heights):
@@ -89,12 +66,6 @@ def intersect_cylinders(o, d, centers, radii, half_heights):
     cap_n[..., 2] = np.sign(oc[..., 2])
     normals = np.where((t_cap < t_side)[..., None], cap_n, side_n)
     return t, np.nan_to_num(normals)
-
-
-def intersect_ground(o, d):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = -o[:, 2] / d[:, 2]
-    return np.where(t > 1e-6, t, np.inf)
 
 
 LIGHT = np.array([0.4, 0.3, 0.86]) / np.linalg.norm([0.4, 0.3, 0.86])

@@ -202,6 +202,14 @@ class LayeredEditPipeline(DiffusionPipeline):
             latents = blend_latents(background[0:1], latents, latent_mask)
         return 0, latents, [latents[0]]
 
+    @staticmethod
+    def object_latent_mask(estimate: torch.Tensor, background: torch.Tensor, mask: torch.Tensor,
+                           threshold: float) -> torch.Tensor:
+        """(1, 1, h, w): the latent pixels of mask where estimate (1, C, h, w) differs from the background's
+        clean latents by more than threshold (L2 over channels), grown by one latent pixel."""
+        differs = ((estimate - background).norm(dim=1, keepdim=True) > threshold).to(mask.dtype)
+        return F.max_pool2d(differs, 3, stride=1, padding=1) * mask
+
     @contextlib.contextmanager
     def _vae_precision(self):
         """The VAE in float32 for the block when its config says fp16 overflows (force_upcast: SDXL's
@@ -237,7 +245,7 @@ class LayeredEditPipeline(DiffusionPipeline):
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 20,
                  guidance_scale: float = 4.0, negative_prompt: str = "", harmonize: float = 0.2, bcg: bool = True,
                  generator: torch.Generator | None = None, start_trajectory: torch.Tensor | None = None,
-                 output_type: str = "np", return_dict: bool = True, callback_on_step_end=None,
+                 tighten: float | None = None, output_type: str = "np", return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] = ("latents",)):
         """Generate one layer.
 
@@ -249,6 +257,9 @@ class LayeredEditPipeline(DiffusionPipeline):
         layer's mask frontmost); without, one prompt everywhere. harmonize: the last fraction of
         steps run without BCG, so the seam settles; bcg=False runs none. start_trajectory: a
         trajectory from memory for the BCG phase (replay); only the last harmonize steps then run.
+        tighten: during the harmonize steps, keep following the background inside the mask too, except
+        where the clean-latent estimate at their start differs from the background's by more than
+        this (latent units): the object and a latent pixel around it (`object_latent_mask`).
         callback_on_step_end(pipe, step, timestep, {"latents": …}) may return new latents.
         Returns a `LayeredEditPipelineOutput` (images, trajectory), or (images, trajectory).
         """
@@ -296,9 +307,14 @@ class LayeredEditPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps[first:], start=first):
                 controller.begin_step(i, int(t))
                 uncond, text = self.predict(torch.cat([latents, latents]), t, cond).chunk(2)
-                latents = self.scheduler.step(uncond + guidance_scale * (text - uncond), t, latents).prev_sample
+                step = self.scheduler.step(uncond + guidance_scale * (text - uncond), t, latents)
+                latents = step.prev_sample
                 if background is not None and i < n_blended:
                     latents = blend_latents(background[i + 1:i + 2], latents, latent_mask)
+                elif background is not None and tighten is not None and n_blended > 0:
+                    if i == max(n_blended, first):  # the object, as the clean-latent estimate has it now
+                        tight = self.object_latent_mask(step.pred_original_sample, background[-1:], latent_mask, tighten)
+                    latents = blend_latents(background[i + 1:i + 2], latents, tight)
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents}
                     outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})

@@ -44,6 +44,8 @@ class EditSettings:
     #                         generation visibly changed (feathered; the background it redrew inside the
     #                         rough mask is not shown, and its latents keep the scene's); "mask", the whole
     #                         dilated rough mask (which showed a halo of new background around the object)
+    tighten: float | None = None  # harmonize steps keep the background outside the object (see
+    #                               LayeredEditPipeline.__call__); None: they run free inside the mask
     replay: str = "memory"  # how a later layer that sees a removal/re-edit below it is brought up to date:
     #                         "memory": its own latents inside its object (from memory) spliced onto the new
     #                         scene, then only the last `harmonize` steps re-run, and that result kept only
@@ -63,6 +65,9 @@ class EditSettings:
             raise ValueError(f"guidance: expected a finite number, got {self.guidance!r}")
         if self.dilate_px is not None and (not isinstance(self.dilate_px, int) or self.dilate_px < 0):
             raise ValueError(f"dilate_px: expected a non-negative integer, got {self.dilate_px!r}")
+        if self.tighten is not None and (not isinstance(self.tighten, (int, float)) or not self.tighten > 0
+                                         or not math.isfinite(self.tighten)):
+            raise ValueError(f"tighten: expected a positive latent distance or None, got {self.tighten!r}")
         if not 0 <= self.protect <= 1:
             raise ValueError(f"protect: expected a fraction in [0, 1], got {self.protect!r}")
 

@@ -1,0 +1,112 @@
+"""Self-attention across cameras (and frames): each view's tokens attend to their own view's tokens and
+to those of the groups its index lists — its ring neighbours in the same frame, and, with
+`temporal.frame_index`, the key frame and the previous frame of the same camera. One call of
+`kernels.neighbour_attention` per layer: keys and values are read in place, never concatenated.
+
+The batch holds the groups of each classifier-free-guidance branch in order (branch-major): rows
+b·G … b·G + G − 1 are the G groups (frame-major: frame f, view v is group f·V + v). Parameter-free by
+default (extended attention: the output is the attention over the listed groups); with a projection
+(a zero-initialised linear layer per attention layer), the output is the layer's plain self-attention
+plus the projection of the extended attention, so an untrained projection leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+from attention_processors.controller import AttentionController
+from kernels import neighbour_attention
+
+
+def ring_neighbours(n_views: int, reach: int = 1) -> list[list[int]]:
+    """Per view of a camera ring (listed in ring order, as a rig is), its neighbours: the `reach`
+    views on each side, each once and never itself (a 2-camera rig: the other camera)."""
+    if n_views < 1:
+        raise ValueError(f"n_views: expected at least 1 camera, got {n_views}")
+    out = []
+    for v in range(n_views):
+        around = [(v + k) % n_views for k in range(1, reach + 1)] + [(v - k) % n_views for k in range(1, reach + 1)]
+        out.append([u for u in dict.fromkeys(around) if u != v])
+    return out
+
+
+def zero_projection(dim: int) -> nn.Linear:
+    """An output projection that starts at zero (the optional trainable part of cross-view attention)."""
+    projection = nn.Linear(dim, dim)
+    nn.init.zeros_(projection.weight)
+    nn.init.zeros_(projection.bias)
+    return projection
+
+
+@dataclass
+class ViewState:
+    """Cross-view (and temporal) attention's state for one call. index: (G, M) long, the groups each
+    group attends to (itself first; −1 marks an unused slot); projections: per layer install name, an
+    optional projection (see the module docstring)."""
+
+    index: torch.Tensor
+    projections: dict[str, nn.Module] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.index.dim() != 2 or self.index.dtype != torch.long:
+            raise ValueError(f"index: expected a (groups, slots) long tensor, got {tuple(self.index.shape)} "
+                             f"{self.index.dtype}")
+
+    @property
+    def groups(self) -> int:
+        return self.index.shape[0]
+
+
+class CrossViewProcessor:
+    def __init__(self, controller: AttentionController, name: str, fallback=None):
+        """name: the layer's install name (its projection's key); fallback: the processor this one
+        replaced, which runs cross-attention and calls without views."""
+        self.controller = controller
+        self.name = name
+        self.fallback = fallback if fallback is not None else AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        views = self.controller.views
+        if views is None or encoder_hidden_states is not None or attention_mask is not None:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, n_tokens, _ = hidden_states.shape
+        groups = views.groups
+        if batch % groups:
+            raise ValueError(f"hidden_states: a batch of {batch} rows is not whole branches of {groups} groups")
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        heads = attn.heads
+
+        def split(x):  # (batch, N, heads·D) → (branches, heads, groups, N, D)
+            d = x.shape[-1] // heads
+            return x.view(batch // groups, groups, n_tokens, heads, d).permute(0, 3, 1, 2, 4)
+        query, key, value = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+        extended = neighbour_attention(query, key, value, views.index.to(query.device))
+
+        def merge(x):  # (branches, heads, groups, N, D) → (batch, N, heads·D)
+            return x.permute(0, 2, 3, 1, 4).reshape(batch, n_tokens, -1).to(query.dtype)
+        out = merge(extended)
+        projection = views.projections.get(self.name)
+        if projection is not None:  # plain self-attention plus the (trainable) cross-view part
+            own = torch.arange(groups, device=query.device)[:, None]
+            out = merge(neighbour_attention(query, key, value, own)) + projection(out)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor

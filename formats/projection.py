@@ -1,0 +1,78 @@
+"""What a street layout looks like from each camera, without a model: ray casting of the ground plane
+and the layout's boxes. The driving pipeline's control maps (class colours and depth) and class
+regions come from here, and the toy world's renderer casts its boxes and ground with the same code.
+
+Rays are (R, 3) origins and directions in world coordinates (`Camera.rays`: t along a ray is z-depth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from formats.cameras import Camera
+from formats.layout import CLASS_COLOURS, CLASSES, StreetClip
+
+
+def yaw_matrix(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def intersect_boxes(o, d, centers, half_sizes, yaws):
+    """Boxes with yaw about z: centre (P, 3), half extents (P, 3), yaw (P,) radians."""
+    rot = np.stack([yaw_matrix(-y) for y in yaws]) if len(yaws) else np.zeros((0, 3, 3))
+    o_local = np.einsum("pij,rpj->rpi", rot, o[:, None, :] - centers[None])
+    d_local = np.einsum("pij,rj->rpi", rot, d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / d_local
+        t0 = (-half_sizes[None] - o_local) * inv
+        t1 = (half_sizes[None] - o_local) * inv
+    t_near = np.nanmax(np.minimum(t0, t1), -1)
+    t_far = np.nanmin(np.maximum(t0, t1), -1)
+    t = np.where((t_far >= t_near) & (t_near > 1e-6), t_near, np.inf)
+    axis = np.nanargmax(np.minimum(t0, t1), -1)
+    sign = -np.sign(np.take_along_axis(d_local, axis[..., None], -1))[..., 0]
+    n_local = np.zeros(d_local.shape)
+    np.put_along_axis(n_local, axis[..., None], sign[..., None], -1)
+    normals = np.einsum("pji,rpj->rpi", rot, n_local)  # rotate back (rot is orthonormal)
+    return t, normals
+
+
+def intersect_ground(o, d):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -o[:, 2] / d[:, 2]
+    return np.where(t > 1e-6, t, np.inf)
+
+
+def cast_layout(camera: Camera, boxes) -> tuple[np.ndarray, np.ndarray]:
+    """(class index (H, W): −1 ground or sky, else the index in CLASSES; z-depth (H, W), inf for sky) of
+    the first surface each pixel's ray meets: a box or the ground plane z = 0."""
+    origins, dirs = camera.rays()
+    o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    depth = intersect_ground(o, d)
+    classes = np.full(len(o), -1, dtype=np.int64)
+    if boxes:
+        centers = np.array([b.position for b in boxes], dtype=np.float64)
+        half = np.array([b.size for b in boxes], dtype=np.float64) / 2
+        t, _ = intersect_boxes(o, d, centers, half, np.array([b.yaw for b in boxes], dtype=np.float64))
+        nearest = t.argmin(1)
+        hit = t[np.arange(len(o)), nearest]
+        front = hit < depth
+        depth = np.where(front, hit, depth)
+        kinds = np.array([CLASSES.index(b.cls) for b in boxes])
+        classes[front] = kinds[nearest[front]]
+    return classes.reshape(camera.height, camera.width), depth.reshape(camera.height, camera.width)
+
+
+def control_maps(clip: StreetClip, frame: int, max_depth: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+    """Every camera's control image at one frame, as the embedded ControlNet was trained on street
+    views: (V, H, W, 4) float32 in [0, 1], the class colours of the boxes (ground and sky black), then
+    1 − depth / max_depth (near = 1, sky 0); and the class map (V, H, W) (−1: none)."""
+    palette = np.array([CLASS_COLOURS[c] for c in CLASSES] + [(0, 0, 0)], dtype=np.float32) / 255
+    maps, class_maps = [], []
+    for camera in clip.cameras(frame):
+        classes, depth = cast_layout(camera, clip.frames[frame].boxes)
+        near = np.where(np.isfinite(depth), np.clip(1 - depth / max_depth, 0, 1), 0.0)
+        maps.append(np.concatenate([palette[classes], near[..., None]], -1).astype(np.float32))
+        class_maps.append(classes)
+    return np.stack(maps), np.stack(class_maps)

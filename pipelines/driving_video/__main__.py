@@ -1,0 +1,3 @@
+from pipelines.driving_video.cli import main
+
+main()

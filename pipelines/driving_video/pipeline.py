@@ -1,0 +1,202 @@
+"""`DrivingVideoPipeline`: surround-view driving video from a 3D box layout (DrivingDiffusion's scheme).
+
+Every camera of the rig and every frame gets a control map projected from the layout's boxes (class
+colours and depth, `formats.projection`), read by a ControlNet. Frames are generated chunk by chunk:
+the key frame first (all cameras together, cross-camera attention), then windows of `window` frames
+whose first `overlap` frames are carried over from the last window (their latents at every step are
+replayed, so the new frames attend to them at the same noise level) and act as the key frame and the
+previous frames. Inside a window all frames and cameras are denoised together; each view's
+self-attention reads its ring neighbours in the same frame (cross_view) and the key frame's and the
+previous frame's same camera (temporal), in one `kernels.neighbour_attention` call per layer. Local
+prompts: each box class's projected region attends to that class's prompt through MQD (one fused
+region-attention call per cross-attention layer), the rest to the scene prompt. Memory does not grow
+with the video's length: only the carried frames' trajectories are kept between windows.
+
+    pipe = DrivingVideoPipeline.from_pretrained(folder)      # a folder with controlnet/, or controlnet=…
+    video = pipe(StreetClip.load("clip.json"), "a street view", {"car": "a blue car"}).frames  # (F, V, H, W, 3)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, DDIMScheduler, DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from attention_processors import AttentionController, MultiQueryDisentangledProcessor, RegionState, installed_processors
+from attention_processors.cross_view import CrossViewProcessor, ViewState
+from attention_processors.install import is_cross_attention
+from attention_processors.temporal import frame_index
+from formats.layout import CLASSES, StreetClip
+from formats.projection import control_maps
+from pipelines.conditioning import encode_prompts, tensor_to_images
+from pipelines.outputs import DrivingVideoPipelineOutput
+
+MAX_FRAMES = 1000
+STREET_MAX_DEPTH = 40.0  # metres at which the control map's depth reaches 0 (the ControlNet's training)
+
+
+class DrivingVideoPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    required_scheduler = DDIMScheduler
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet: ControlNetModel, scheduler, safety_checker=None,
+                 feature_extractor=None, image_encoder=None, requires_safety_checker: bool = False):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+                              scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def check_inputs(self, layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps):
+        """Each bad argument is a ValueError that names it."""
+        if not isinstance(self.scheduler, self.required_scheduler):
+            raise ValueError(f"scheduler: driving video needs a DDIMScheduler (carried frames replay their "
+                             f"trajectories step by step), got {type(self.scheduler).__name__}")
+        if not isinstance(layout, StreetClip):
+            raise ValueError(f"layout: expected a formats.StreetClip (StreetClip.load('clip.json')), got "
+                             f"{type(layout).__name__}")
+        if len(layout.rig) < 2:
+            raise ValueError(f"layout.rig: cross-camera video needs at least 2 cameras, got {len(layout.rig)}")
+        width, height = layout.image_size
+        for name, value in (("layout.image_size height", height), ("layout.image_size width", width)):
+            if value % self.vae_scale_factor:
+                raise ValueError(f"{name}: expected a multiple of {self.vae_scale_factor} (the VAE's downsampling), "
+                                 f"got {value}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
+        if local_prompts is not None:
+            if not isinstance(local_prompts, dict) or not set(local_prompts) <= set(CLASSES) or not all(
+                    isinstance(p, str) and p.strip() for p in local_prompts.values()):
+                raise ValueError(f"local_prompts: expected {{class: prompt}} with classes among {CLASSES}, got "
+                                 f"{local_prompts!r}")
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= min(
+                len(layout.frames), MAX_FRAMES):
+            raise ValueError(f"num_frames: expected 1..{min(len(layout.frames), MAX_FRAMES)} (the layout has "
+                             f"{len(layout.frames)} frames; at most {MAX_FRAMES}), got {num_frames!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ValueError(f"window: expected at least 2 frames, got {window!r}")
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or not 1 <= overlap < window:
+            raise ValueError(f"overlap: expected 1..{window - 1} frames (fewer than the window), got {overlap!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
+
+    def encode_prompt(self, prompts: list[str], negative_prompt: str, groups: int, device) -> torch.Tensor:
+        """(2·groups, R·T, C): the negative prompt repeated R times for each group of the first branch,
+        the R prompts concatenated (scene first, then the classes') for each group of the second."""
+        hidden = encode_prompts(prompts + [negative_prompt], self.tokenizer, self.text_encoder, device).hidden
+        n = len(prompts)
+        negative = hidden[n:].repeat(1, n, 1)
+        cond = hidden[:n].reshape(1, -1, hidden.shape[-1])
+        return torch.cat([negative.expand(groups, -1, -1), cond.expand(groups, -1, -1)]).to(self.unet.dtype)
+
+    def region_labels(self, class_maps: np.ndarray, classes: list[str]) -> torch.Tensor:
+        """(G, h, w) long: 1 + the index in `classes` where a latent pixel touches a box of that class, 0
+        (the scene prompt) elsewhere; classes later in the list are in front."""
+        maps = torch.from_numpy(class_maps)
+        size = (maps.shape[-2] // self.vae_scale_factor, maps.shape[-1] // self.vae_scale_factor)
+        labels = torch.zeros(len(maps), *size, dtype=torch.long)
+        for region, name in enumerate(classes, start=1):
+            touched = F.adaptive_max_pool2d((maps == CLASSES.index(name)).float()[:, None], size)[:, 0] > 0
+            labels[touched] = region
+        return labels
+
+    @torch.no_grad()
+    def __call__(self, layout: StreetClip, prompt: str = "a street view", local_prompts: dict[str, str] | None = None,
+                 num_frames: int | None = None, window: int = 4, overlap: int = 1, num_inference_steps: int = 20,
+                 guidance_scale: float = 4.0, negative_prompt: str = "", controlnet_conditioning_scale: float = 1.0,
+                 generator: torch.Generator | None = None, cross_view: bool = True, temporal: bool = True,
+                 view_projections: dict | None = None, output_type: str = "np", return_dict: bool = True,
+                 frame_callback=None):
+        """Generate num_frames (default: all of the layout's) × every camera of the rig.
+
+        local_prompts: {class: prompt} for the classes whose boxes get their own prompt (None: the
+        scene prompt everywhere). cross_view / temporal switch those attentions off (ablations);
+        view_projections: {layer install name: module}, trained output projections (see
+        attention_processors.cross_view). frame_callback(f, images (V, H, W, 3)) is called as each frame
+        is decoded (write a long video as it comes, without keeping it). Returns a
+        `DrivingVideoPipelineOutput` with frames (F, V, H, W, 3) uint8 (None for output_type "none").
+        """
+        if isinstance(layout, StreetClip) and num_frames is None:
+            num_frames = len(layout.frames)
+        self.check_inputs(layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps)
+        if output_type not in ("np", "none"):
+            raise ValueError(f"output_type: expected 'np' or 'none', got {output_type!r}")
+        device = self._execution_device
+        n_views = len(layout.rig)
+        width, height = layout.image_size
+        latent_shape = (self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        classes = [c for c in CLASSES if local_prompts and c in local_prompts]
+        prompts = [prompt] + [local_prompts[c] for c in classes]
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # the chunks: the key frame alone, then windows that carry `overlap` frames over
+        chunks, done = [([], [0])], 1
+        while done < num_frames:
+            carried = list(range(max(0, done - overlap), done))
+            new = list(range(done, min(num_frames, done + window - len(carried))))
+            chunks.append((carried, new))
+            done = new[-1] + 1
+        frames_out, kept = [], {}  # kept: frame → its trajectory (steps + 1, V, C, h, w), carried frames only
+        with self.progress_bar(total=num_frames * num_inference_steps) as bar:
+            for carried, new in chunks:
+                chunk = carried + new
+                groups = len(chunk) * n_views
+                control, class_maps = zip(*(control_maps(layout, f, STREET_MAX_DEPTH) for f in chunk))
+                control = torch.from_numpy(np.concatenate(control)).permute(0, 3, 1, 2).to(device, self.controlnet.dtype)
+                hidden = self.encode_prompt(prompts, negative_prompt, groups, device)
+                regions = None
+                if classes:
+                    regions = RegionState(self.region_labels(np.concatenate(class_maps), classes), len(prompts),
+                                          segment_length=hidden.shape[1] // len(prompts), shared_rows=groups)
+                views = None
+                if cross_view or temporal:
+                    views = ViewState(frame_index(len(chunk), n_views, cross_view, temporal, key_frame=0),
+                                      dict(view_projections or {}))
+                controller = AttentionController(regions=regions, views=views)
+
+                def make(name, original, controller=controller):
+                    if is_cross_attention(name):
+                        return MultiQueryDisentangledProcessor(controller, name, original) if controller.regions else None
+                    return CrossViewProcessor(controller, name, original) if controller.views else None
+
+                latents = randn_tensor((len(new) * n_views, *latent_shape), generator=generator, device=device,
+                                       dtype=self.unet.dtype)
+                trajectory = [latents]
+                fixed = [kept[f] for f in carried]
+                with installed_processors(self.unet, make), installed_processors(self.controlnet, make):
+                    for i, t in enumerate(timesteps):
+                        controller.begin_step(i, int(t))
+                        batch = torch.cat([*(traj[i] for traj in fixed), latents])
+                        model_in = torch.cat([batch, batch])
+                        down, mid = self.controlnet(model_in, t, encoder_hidden_states=hidden,
+                                                    controlnet_cond=torch.cat([control, control]),
+                                                    conditioning_scale=controlnet_conditioning_scale, return_dict=False)
+                        noise = self.unet(model_in, t, encoder_hidden_states=hidden, down_block_additional_residuals=down,
+                                          mid_block_additional_residual=mid).sample
+                        uncond, text = noise.chunk(2)
+                        guided = (uncond + guidance_scale * (text - uncond))[len(fixed) * n_views:]
+                        latents = self.scheduler.step(guided, t, latents).prev_sample
+                        trajectory.append(latents)
+                        bar.update(len(new))
+                trajectory = torch.stack(trajectory).unflatten(1, (len(new), n_views))  # (steps + 1, F', V, C, h, w)
+                latest = {**kept, **{f: trajectory[:, k] for k, f in enumerate(new)}}
+                kept = {f: traj for f, traj in latest.items() if f > new[-1] - overlap}  # what the next window carries
+                for k, f in enumerate(new):
+                    images = np.stack([self.decode(trajectory[-1, k, v:v + 1]) for v in range(n_views)])
+                    if frame_callback is not None:
+                        frame_callback(f, images)
+                    if output_type == "np":
+                        frames_out.append(images)
+        self.maybe_free_model_hooks()
+        frames = np.stack(frames_out) if output_type == "np" else None
+        if not return_dict:
+            return (frames,)
+        return DrivingVideoPipelineOutput(frames=frames, camera_names=[c.name for c in layout.rig])
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(H, W, 3) uint8 image of latents (1, C, h, w)."""
+        return tensor_to_images(self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample)[0]
