@@ -3,12 +3,13 @@ and session. A client picks one by its label; it can never name a path or a hub 
 
 from __future__ import annotations
 
+import inspect
 import threading
 from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
-from pipelines.loading import EMBEDDED, load_pipeline
+from pipelines.loading import EMBEDDED, load_controlnet, load_pipeline
 
 
 def model_labels(sources: list[str]) -> dict[str, str]:
@@ -48,6 +49,8 @@ class ModelCache:
         with self._lock:
             if (label, pipeline_class) not in self._pipelines:
                 options = {} if self.dtype is None else {"dtype": self.dtype}
+                if self.sources[label] == EMBEDDED and "controlnet" in inspect.signature(pipeline_class).parameters:
+                    options["controlnet"] = load_controlnet(EMBEDDED, **options)  # shipped beside the model
                 pipe = load_pipeline(self.sources[label], pipeline_class, device=self.device, **options)
                 pipe.set_progress_bar_config(disable=True)
                 self._pipelines[label, pipeline_class] = pipe

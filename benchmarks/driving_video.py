@@ -1,0 +1,190 @@
+"""Surround-view driving video on street clips of the toy world, scored with its ground truth.
+
+    python -m benchmarks.driving_video --clips 3 --seed 0 --frames 4 --steps 10 --json out.json
+
+Table 1, one row per method, all on the embedded model and ControlNet, the same clips, seeds and steps:
+  Strata                        cross-camera + temporal attention + local prompts (one per box class)
+  Strata w/o cross-camera       temporal attention and local prompts only
+  Strata w/o temporal           cross-camera attention and local prompts only
+  Strata w/o local prompts      cross-camera + temporal, the scene prompt everywhere
+  independent (ControlNet only) every camera and frame on its own
+  ground-truth renders          the world's own renders (the ceiling)
+(the trained cross-view projections are not in this table: no training stage has been run yet.)
+Columns: layout adherence (of the boxes whose silhouette covers ≥ 40 pixels of a view, the fraction
+where the oracle, shading-aware, reads object colours over at least half the silhouette); cross-camera
+error (neighbouring cameras of one frame warped into each other with the true depth and cameras, mean
+absolute error over co-visible pixels, grey levels); temporal error (frame f warped into f + 1 of the
+same camera with the true depth and ego motion, static pixels only: ground, sky and boxes that did not
+move); seconds per camera-frame; peak extra resident memory. Means over clips ± standard error.
+--seed S runs clips S·10⁴ … S·10⁴ + N − 1.
+
+Table 2 (--long), long videos through the sliding window: peak extra resident memory and seconds per
+frame at 8, 16, 32 and 64 frames (one clip, --long-cameras cameras, --long-steps steps), to show that
+neither grows with the video's length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.common import machine, print_table, write_json
+from benchmarks.real_checkpoints import PeakMemory
+from formats.projection import cast_layout
+from pipelines.driving_video import DrivingVideoPipeline
+from pipelines.loading import load_controlnet, load_pipeline
+from world.geometry import SHADING
+from world.oracle import read_image
+from world.reproject import warp
+from world.street import render_street_frame, sample_street_clip
+
+CLIPS_PER_SEED = 10_000
+LOCAL = {"car": "a car", "truck": "a truck", "pedestrian": "a pedestrian"}
+METHODS = {"Strata": dict(local=True),
+           "Strata w/o cross-camera": dict(cross_view=False, local=True),
+           "Strata w/o temporal": dict(temporal=False, local=True),
+           "Strata w/o local prompts": dict(),
+           "independent (ControlNet only)": dict(cross_view=False, temporal=False)}
+MIN_SILHOUETTE = 40
+
+
+def adherence(images: np.ndarray, clip) -> list[bool]:
+    """Per visible box of every (frame, camera): object colours over at least half its silhouette."""
+    hits = []
+    for f, views in enumerate(images):
+        boxes = clip.frames[f].boxes
+        for camera, image in zip(clip.cameras(f), views):
+            reading = read_image(image, shading=SHADING)
+            objects = (reading.labels >= 0) & (reading.labels < 7)
+            for box in boxes:
+                silhouette = cast_layout(camera, [box])[0] >= 0
+                if silhouette.sum() >= MIN_SILHOUETTE:
+                    hits.append(bool(objects[silhouette].mean() >= 0.5))
+    return hits
+
+
+def cross_camera_error(images: np.ndarray, truth: list[list]) -> float:
+    errors, weights = [], []
+    for views, rendered in zip(images, truth):
+        n = len(views)
+        for a in range(n):
+            b = (a + 1) % n
+            warped, visible = warp(views[a], rendered[a].depth, rendered[a].camera, rendered[b].depth, rendered[b].camera)
+            if visible.any():
+                errors.append(np.abs(warped[visible] - views[b].astype(np.float64)[visible]).mean())
+                weights.append(visible.sum())
+    return float(np.average(errors, weights=weights)) if errors else float("nan")
+
+
+def temporal_error(images: np.ndarray, truth: list[list], clip) -> float:
+    errors, weights = [], []
+    for f in range(len(images) - 1):
+        moved = {k + 1 for k, (a, b) in enumerate(zip(clip.frames[f].boxes, clip.frames[f + 1].boxes))
+                 if not np.allclose(a.position, b.position)}
+        for v in range(len(images[f])):
+            src, dst = truth[f][v], truth[f + 1][v]
+            warped, visible = warp(images[f][v], src.depth, src.camera, dst.depth, dst.camera)
+            static = visible & ~np.isin(dst.instance, list(moved))
+            if static.any():
+                errors.append(np.abs(warped[static] - images[f + 1][v].astype(np.float64)[static]).mean())
+                weights.append(static.sum())
+    return float(np.average(errors, weights=weights)) if errors else float("nan")
+
+
+def _mean_se(values):
+    v = np.array([x for x in values if not np.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def _text(pair, digits=3):
+    mean, se = pair
+    return "-" if mean is None else f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
+
+
+def bench_methods(pipe, args) -> dict:
+    scores = {m: {"adherence": [], "cross": [], "temporal": [], "seconds": [], "memory": []}
+              for m in [*METHODS, "ground-truth renders"]}
+    for c in tqdm(range(args.clips), desc="clips"):
+        clip = sample_street_clip(CLIPS_PER_SEED * args.seed + c, n_frames=args.frames)
+        truth = [render_street_frame(clip, f) for f in range(args.frames)]
+        for name, options in METHODS.items():
+            with PeakMemory() as peak:
+                start = time.perf_counter()
+                frames = pipe(clip, "a street view", LOCAL if options.get("local") else None,
+                              num_frames=args.frames, window=args.window, num_inference_steps=args.steps,
+                              cross_view=options.get("cross_view", True), temporal=options.get("temporal", True),
+                              generator=torch.Generator().manual_seed(c)).frames
+                seconds = time.perf_counter() - start
+            scores[name]["seconds"].append(seconds / (args.frames * len(clip.rig)))
+            scores[name]["memory"].append(peak.extra_mib)
+            _score(scores[name], frames, truth, clip)
+        _score(scores["ground-truth renders"], np.array([[v.rgb for v in views] for views in truth]), truth, clip)
+    return {name: {"adherence": _mean_se(s["adherence"]), "cross_camera_error": _mean_se(s["cross"]),
+                   "temporal_error": _mean_se(s["temporal"]),
+                   "seconds_per_camera_frame": float(np.mean(s["seconds"])) if s["seconds"] else None,
+                   "peak_extra_mib": float(max(s["memory"])) if s["memory"] else None}
+            for name, s in scores.items()}
+
+
+def _score(row: dict, frames: np.ndarray, truth, clip) -> None:
+    hits = adherence(frames, clip)
+    row["adherence"].append(float(np.mean(hits)) if hits else np.nan)
+    row["cross"].append(cross_camera_error(frames, truth))
+    row["temporal"].append(temporal_error(frames, truth, clip))
+
+
+def bench_long(pipe, args) -> dict:
+    rows = {}
+    for n in (8, 16, 32, 64):
+        clip = sample_street_clip(CLIPS_PER_SEED * args.seed, n_frames=n, n_cameras=args.long_cameras)
+        with PeakMemory() as peak:
+            start = time.perf_counter()
+            pipe(clip, "a street view", LOCAL, num_frames=n, window=args.window, num_inference_steps=args.long_steps,
+                 generator=torch.Generator().manual_seed(0), output_type="none")
+            seconds = time.perf_counter() - start
+        rows[n] = {"peak_extra_mib": peak.extra_mib, "seconds_per_frame": seconds / n}
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--long", action="store_true", help="also the long-video table")
+    parser.add_argument("--long-steps", type=int, default=4)
+    parser.add_argument("--long-cameras", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    pipe = load_pipeline("embedded", DrivingVideoPipeline, controlnet=load_controlnet("embedded"))
+    pipe.set_progress_bar_config(disable=True)
+    torch.set_grad_enabled(False)
+    result = {"machine": machine(), "clips": args.clips, "seed": args.seed, "frames": args.frames,
+              "steps": args.steps, "window": args.window}
+    rows = result["methods"] = bench_methods(pipe, args)
+    print_table(f"Driving video: {args.clips} clips × {args.frames} frames × 6 cameras, {args.steps} steps, seed "
+                f"{args.seed}, {machine()}",
+                ["method", "layout adherence", "cross-camera error", "temporal error", "s / camera-frame",
+                 "peak extra MiB"],
+                [[name, _text(r["adherence"]), _text(r["cross_camera_error"], 1), _text(r["temporal_error"], 1),
+                  r["seconds_per_camera_frame"] or "-", r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-"]
+                 for name, r in rows.items()])
+    if args.long:
+        long = result["long"] = bench_long(pipe, args)
+        print_table(f"Long videos: {args.long_cameras} cameras, {args.long_steps} steps, window {args.window}",
+                    ["frames", "peak extra MiB", "s / frame"],
+                    [[n, r["peak_extra_mib"], r["seconds_per_frame"]] for n, r in long.items()])
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
