@@ -107,10 +107,11 @@ def inverse_scheduler_matches(scheduler: DDIMScheduler, steps: int) -> bool:
 
 @torch.no_grad()
 def ddim_inversion(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor,
-                   scheduler: DDIMScheduler, steps: int, progress: Callable = iter) -> torch.Tensor:
+                   scheduler: DDIMScheduler, steps: int, progress: Callable = iter, batched: bool = False) -> torch.Tensor:
     """Deterministic DDIM inversion of clean latents (1, C, h, w) into the trajectory that
     `scheduler` (already set to `steps`) would denoise back: (steps + 1, C, h, w), entry k the latent
-    after k denoising steps, the last the clean latents. predict(z, t) is the model output (the
+    after k denoising steps, the last the clean latents. batched: latents (B, C, h, w), every row
+    inverted at once, trajectory (steps + 1, B, C, h, w). predict(z, t) is the model output (the
     scheduler's prediction type) at timestep t. The first step starts from alpha = 1 (clean).
 
     diffusers' DDIMInverseScheduler does the stepping where it walks the same timesteps
@@ -121,7 +122,7 @@ def ddim_inversion(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if inverse is not None:
         inverse.set_timesteps(steps, device=latents.device)
     alphas = scheduler.alphas_cumprod.to(latents.device)
-    trajectory = [None] * steps + [latents[0]]
+    trajectory = [None] * steps + [latents if batched else latents[0]]
     z = latents
     for k in progress(range(steps - 1, -1, -1)):
         t = timesteps[k]
@@ -131,7 +132,7 @@ def ddim_inversion(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         else:
             a_prev = alphas[timesteps[k + 1]] if k + 1 < steps else torch.ones((), device=z.device)
             z = ddim_inverse_step(out, z, a_prev, alphas[t], scheduler.config)
-        trajectory[k] = z[0]
+        trajectory[k] = z if batched else z[0]
     return torch.stack(trajectory)
 
 

@@ -27,3 +27,16 @@ class DrivingVideoPipelineOutput(BaseOutput):
 
     frames: np.ndarray | None
     camera_names: list[str]
+
+
+@dataclass
+class MultiViewEditPipelineOutput(BaseOutput):
+    """images: the edited views, (V, H, W, 3) uint8 in the cameras' order (None for output_type
+    "latent"); latents: (V, C, h, w) the final latents; fits: per QNeRF interval its step, seconds,
+    iterations and final loss (empty without query injection); seconds: the call's stages
+    (inversion, generation, fitting), in seconds."""
+
+    images: np.ndarray | None
+    latents: torch.Tensor
+    fits: list[dict]
+    seconds: dict[str, float]

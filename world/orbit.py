@@ -161,6 +161,28 @@ def control_map(view: RenderedView, max_depth: float = 12.0) -> np.ndarray:
     return np.concatenate([view.layout / 255.0, depth[..., None]], -1).astype(np.float32)
 
 
+def spec_to_dict(spec: OrbitSpec) -> dict:
+    """The spec as JSON values (stored in the dataset's transforms.json, so an edit can re-render it)."""
+    return {"objects": [{"primitive": o.primitive, "colour": o.colour, "position": list(o.position), "scale": o.scale,
+                         "yaw": o.yaw} for o in spec.objects],
+            "n_cameras": spec.n_cameras, "orbit_radius": spec.orbit_radius, "elevation_deg": spec.elevation_deg,
+            "fov_deg": spec.fov_deg, "resolution": spec.resolution, "ground": spec.ground}
+
+
+def spec_from_dict(data) -> OrbitSpec:
+    """The inverse of spec_to_dict; a bad field is a ValueError naming it."""
+    if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
+        raise ValueError("strata_scene.orbit: expected an object with a list of objects")
+    try:
+        objects = tuple(OrbitObject(str(o["primitive"]), str(o["colour"]), (float(o["position"][0]), float(o["position"][1])),
+                                    float(o["scale"]), float(o.get("yaw", 0.0))) for o in data["objects"])
+        extra = {k: data[k] for k in ("n_cameras", "orbit_radius", "elevation_deg", "fov_deg", "resolution", "ground")
+                 if k in data}
+        return OrbitSpec(objects, **extra)
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"strata_scene.orbit: malformed ({err!r})") from None
+
+
 def write_nerfstudio_dataset(spec: OrbitSpec, views: list[RenderedView], folder: str | Path) -> Path:
     """Write images/, depths/ (16-bit PNG, millimetres), masks/ and transforms.json."""
     from PIL import Image
@@ -176,5 +198,5 @@ def write_nerfstudio_dataset(spec: OrbitSpec, views: list[RenderedView], folder:
         Image.fromarray(((view.instance > 0) * 255).astype(np.uint8)).save(folder / "masks" / name)
     write_transforms(folder, [view.camera for view in views], [f"images/{n}" for n in names],
                      [f"depths/{n}" for n in names], [f"masks/{n}" for n in names], depth_scale=0.001,
-                     extra={"strata_scene": {"caption": spec.caption}})
+                     extra={"strata_scene": {"caption": spec.caption, "orbit": spec_to_dict(spec)}})
     return folder

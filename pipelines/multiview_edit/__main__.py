@@ -1,0 +1,3 @@
+from pipelines.multiview_edit.cli import main
+
+raise SystemExit(main())

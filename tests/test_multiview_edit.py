@@ -1,0 +1,222 @@
+"""MultiViewEditPipeline on the tiny SD-1-like model + ControlNet: every method runs, the mechanisms
+change what they should, the model is left as it was, nerfstudio folders round-trip, and bad input is
+refused with one message before anything is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionControlNetPipeline
+from PIL import Image
+
+from attention_processors.multiview import MultiViewProcessor
+from pipelines.multiview_edit import MultiViewEditPipeline, parse_edit, read_views, write_views
+from pipelines.multiview_edit.cli import apply_orbit_edit, orbit_inputs
+from qnerf import FieldConfig, FitSettings
+from tests.tiny_models import sd1_components, tiny_controlnet
+from world.orbit import sample_orbit_spec, write_nerfstudio_dataset, render_orbit
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_FIT = dict(fit_settings=FitSettings(iterations=3, rays_per_step=64),
+                field_config=FieldConfig(num_levels=4, max_res=32, log2_hashmap_size=10, samples=8, pdf_samples=4))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    components = {k: v for k, v in sd1_components().items()
+                  if k not in ("safety_checker", "feature_extractor", "requires_safety_checker")}
+    pipe = MultiViewEditPipeline(**components, controlnet=tiny_controlnet(components["unet"]))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def scene():
+    spec = replace(sample_orbit_spec(1), n_cameras=4, resolution=16)
+    return spec, orbit_inputs(spec, {"object": 0, "colour": "red", "move": [0.4, 0.0]})
+
+
+def _run(pipe, inputs, **kwargs):
+    return pipe(**inputs, generator=torch.Generator().manual_seed(0),
+                **{"num_inference_steps": 4, "interval": 2, **FAST_FIT, **kwargs})
+
+
+@pytest.mark.parametrize("method", [dict(injection="guidance"), dict(injection="blend"), dict(injection=None),
+                                    dict(injection=None, extended_attention=True)])
+def test_every_method_edits_every_view_and_restores_the_model(pipe, scene, method):
+    before = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
+    out = _run(pipe, scene[1], qnerf_until=1.0, **method)
+    assert out.images.shape == (4, 16, 16, 3) and out.images.dtype == np.uint8
+    assert [f["step"] for f in out.fits] == ([0, 2] if method["injection"] else [])  # every 2 of 4 steps
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == before
+
+
+def test_each_mechanism_changes_the_result(pipe, scene):
+    """Guards: an injection mode, the key/value injection or the extended attention silently not applied."""
+    _, inputs = scene
+    plain = _run(pipe, inputs, injection=None, source_kv=False).latents
+    for kwargs in (dict(injection=None), dict(injection="guidance", source_kv=False),
+                   dict(injection="blend", source_kv=False, blend_weight=1.0),
+                   dict(injection=None, source_kv=False, extended_attention=True)):
+        assert not torch.allclose(_run(pipe, inputs, **kwargs).latents, plain, atol=1e-4), kwargs
+
+
+def test_blend_weight_zero_is_independent_editing(pipe, scene):
+    _, inputs = scene
+    independent = _run(pipe, inputs, injection=None).latents
+    assert torch.allclose(_run(pipe, inputs, injection="blend", blend_weight=0.0).latents, independent, atol=1e-5)
+
+
+def test_a_call_that_raises_leaves_the_model_as_it_was(pipe, scene):
+    _, inputs = scene
+    before = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
+
+    def fail(*_):
+        raise RuntimeError("stop")
+    with pytest.raises(RuntimeError, match="stop"):
+        _run(pipe, inputs, interval_callback=fail)
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == before
+    assert not any(isinstance(p, MultiViewProcessor) for p in pipe.unet.attn_processors.values())
+
+
+def test_callback_on_step_end_sees_every_step(pipe, scene):
+    steps = []
+    _run(pipe, scene[1], injection=None, callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw)
+    assert steps == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(images=d["images"][:1]), "at least 2 views"),
+    (lambda d: d.update(images=d["images"].astype(np.float32)), "uint8"),
+    (lambda d: d.update(control_image=d["control_image"][:, :8]), "control_image: expected"),
+    (lambda d: d.update(control_image=d["control_image"] * 3), "control_image: expected values in"),
+    (lambda d: d.update(cameras=d["cameras"][:3]), "cameras: expected 4"),
+    (lambda d: d.update(depths=[None] * 3), "depths"),
+    (lambda d: d.update(prompt=""), "prompt"),
+])
+def test_bad_arguments_are_named(pipe, scene, change, message):
+    inputs = dict(scene[1])
+    change(inputs)
+    with pytest.raises(ValueError, match=message):
+        _run(pipe, inputs)
+
+
+def test_bad_settings_are_named(pipe, scene):
+    for kwargs, message in ((dict(injection="paste"), "injection"), (dict(interval=0), "interval"),
+                            (dict(blend_weight=2.0), "blend_weight"), (dict(query_layers=["nope"]), "query_layers")):
+        with pytest.raises(ValueError, match=message):
+            _run(pipe, scene[1], **kwargs)
+
+
+def test_edit_naming_a_missing_object_is_refused(scene):
+    spec, _ = scene
+    with pytest.raises(ValueError, match=r"edit.object: object 9 does not exist"):
+        apply_orbit_edit(spec, {"object": 9, "colour": "red"})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "not JSON"), ("[]", "JSON object"), ('{"object": 0}', "at least one of"),
+    ('{"object": "a", "scale": 2}', "edit.object"), ('{"object": 0, "scale": 0}', "edit.scale"),
+    ('{"object": 0, "move": [1]}', "edit.move"), ('{"object": 0, "spin": 1}', "unknown fields"),
+])
+def test_bad_edit_json_is_named(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_edit(text)
+
+
+def _dataset(folder: Path, n_cameras=3):
+    spec = replace(sample_orbit_spec(2), n_cameras=n_cameras, resolution=16)
+    write_nerfstudio_dataset(spec, render_orbit(spec), folder)
+    return spec
+
+
+def test_read_views_reads_a_strata_folder(tmp_path):
+    spec = _dataset(tmp_path / "scene")
+    views = read_views(tmp_path / "scene")
+    assert views.images.shape == (3, 16, 16, 3)
+    rendered = render_orbit(spec)
+    near = np.isfinite(rendered[1].depth) & (rendered[1].depth < 65)  # millimetre 16-bit PNGs stop at 65.5 m
+    np.testing.assert_allclose(views.depths[1][near], rendered[1].depth[near], atol=1e-3)
+    assert np.isinf(views.depths[1][~np.isfinite(rendered[1].depth)]).all()  # sky: no depth
+    assert views.extra["strata_scene"]["orbit"]["n_cameras"] == 3
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda f: (f / "transforms.json").unlink(), "no transforms.json"),
+    (lambda f: (f / "transforms.json").write_text("{"), "transforms.json"),
+    (lambda f: (f / "images" / "frame_00001.png").unlink(), r"frames\[1\].file_path: .* does not exist"),
+    (lambda f: Image.new("RGB", (24, 24)).save(f / "images" / "frame_00002.png"), r"frames\[2\].file_path: the image is 24×24"),
+    (lambda f: (f / "images" / "frame_00000.png").write_bytes(b"not a png"), "not a readable image"),
+])
+def test_bad_datasets_are_named(tmp_path, break_it, message):
+    _dataset(tmp_path / "scene")
+    break_it(tmp_path / "scene")
+    with pytest.raises(ValueError, match=message):
+        read_views(tmp_path / "scene")
+
+
+def test_a_single_view_dataset_is_refused(tmp_path):
+    _dataset(tmp_path / "one", n_cameras=1)
+    with pytest.raises(ValueError, match="expected 2..64 views"):
+        read_views(tmp_path / "one")
+
+
+def test_written_folder_reads_back_with_nerfstudios_parser(tmp_path, monkeypatch):
+    _dataset(tmp_path / "scene")
+    views = read_views(tmp_path / "scene")
+    write_views(tmp_path / "out", views.images[::-1].copy(), views.cameras, extra={"note": 1},
+                files={"grid.png": b"x"})
+    again = read_views(tmp_path / "out")
+    np.testing.assert_array_equal(again.images, views.images[::-1])
+    for a, b in zip(again.cameras, views.cameras):
+        np.testing.assert_allclose(a.c2w, b.c2w, atol=1e-9)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=object))
+    try:
+        from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    except ImportError as err:
+        pytest.skip(f"nerfstudio's dataparser does not import here: {err}")
+    parsed = NerfstudioDataParserConfig(data=tmp_path / "out", orientation_method="none", center_method="none",
+                                        auto_scale_poses=False, scale_factor=1.0,
+                                        eval_mode="all").setup().get_dataparser_outputs("train").cameras
+    for k, camera in enumerate(views.cameras):
+        np.testing.assert_allclose(parsed.camera_to_worlds[k].numpy(), camera.c2w_opengl()[:3], atol=1e-5)
+
+
+def test_from_pretrained_reads_a_folder_with_a_controlnet(tmp_path):
+    components = sd1_components()
+    StableDiffusionControlNetPipeline(**components, controlnet=tiny_controlnet(components["unet"])).save_pretrained(
+        tmp_path / "model")
+    pipe = MultiViewEditPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.controlnet is not None
+
+
+def test_cli_names_bad_input_before_loading_a_model(tmp_path):
+    _dataset(tmp_path / "scene")
+    (tmp_path / "edit.json").write_text(json.dumps({"object": 7, "colour": "red"}))
+    (tmp_path / "bad.json").write_text("{")
+    plain = tmp_path / "plain"
+    _dataset(plain)
+    data = json.loads((plain / "transforms.json").read_text())
+    data.pop("strata_scene")
+    (plain / "transforms.json").write_text(json.dumps(data))
+    (tmp_path / "ok.json").write_text(json.dumps({"object": 0, "colour": "red"}))
+    for args, message in (
+            (["--dataset", str(tmp_path / "scene"), "--edit", str(tmp_path / "edit.json")], "object 7 does not exist"),
+            (["--dataset", str(tmp_path / "scene"), "--edit", str(tmp_path / "bad.json")], "not JSON"),
+            (["--dataset", str(tmp_path / "nowhere"), "--edit", str(tmp_path / "ok.json")], "no transforms.json"),
+            (["--dataset", str(plain), "--edit", str(tmp_path / "ok.json")], "--controls"),
+            (["--dataset", str(plain), "--edit", str(tmp_path / "ok.json"), "--controls", str(tmp_path),
+              "--prompt", "a red ball"], "frame_00000.png is missing")):
+        done = subprocess.run([sys.executable, "-m", "pipelines.multiview_edit", *args, "--out", str(tmp_path / "o")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not (tmp_path / "o").exists()
