@@ -105,3 +105,49 @@ def unpack_session_zip(archive_path, folder: Path, max_bytes: int) -> Path:
             raise ValueError(f"session zip: corrupt ({type(err).__name__}); upload a zip made by "
                              f"'Download session'") from None
     return folder
+
+
+DATASET_SUFFIXES = (".json", ".png", ".jpg", ".jpeg")
+MAX_DATASET_ENTRIES = 400
+
+
+def unpack_dataset_zip(archive_path, folder: Path, max_bytes: int) -> Path:
+    """Unpack a zipped nerfstudio dataset folder (transforms.json, images, optional depths and controls:
+    only .json, .png and .jpg files, relative names without '..', at most MAX_DATASET_ENTRIES) into folder,
+    checking declared and written sizes against max_bytes. A zip of one folder is unpacked from inside it.
+    Returns the folder holding transforms.json; ValueError (never a server path) otherwise."""
+    try:
+        archive = zipfile.ZipFile(archive_path)
+    except (zipfile.BadZipFile, OSError):
+        raise ValueError("dataset zip: not a zip file") from None
+    with archive:
+        entries = [info for info in archive.infolist() if not info.is_dir()]
+        if not entries or len(entries) > MAX_DATASET_ENTRIES:
+            raise ValueError(f"dataset zip: expected 1..{MAX_DATASET_ENTRIES} files, found {len(entries)}")
+        for info in entries:
+            parts = Path(info.filename).parts
+            if (info.filename.startswith(("/", "\\")) or ".." in parts or ":" in info.filename
+                    or not info.filename.lower().endswith(DATASET_SUFFIXES)):
+                raise ValueError(f"dataset zip: {info.filename[:60]!r} is not a dataset file (.json, .png, .jpg "
+                                 "inside the folder)")
+        declared = sum(info.file_size for info in entries)
+        if declared > max_bytes:
+            raise ValueError(f"dataset zip: {declared >> 20} MiB unpacked, more than this server takes "
+                             f"({max_bytes >> 20} MiB)")
+        written = 0
+        try:
+            for info in entries:
+                target = folder / info.filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as source, open(target, "wb") as out:
+                    while block := source.read(1 << 20):
+                        written += len(block)
+                        if written > max_bytes or written > declared:
+                            raise ValueError("dataset zip: unpacks to more than it declares or this server takes")
+                        out.write(block)
+        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as err:
+            raise ValueError(f"dataset zip: corrupt ({type(err).__name__})") from None
+    found = [p.parent for p in folder.rglob("transforms.json") if len(p.relative_to(folder).parts) <= 2]
+    if len(found) != 1:
+        raise ValueError("dataset zip: expected one transforms.json at the top (or inside one folder)")
+    return found[0]

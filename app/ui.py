@@ -18,6 +18,7 @@ import threading
 import gradio as gr
 
 from app.driving import DrivingTab, build_driving_tab
+from app.multiview import MultiViewTab, build_multiview_tab
 from app.files import WorkFolder
 from app.layered import LayeredTab, _warn, build_layered_tab
 from app.models import ModelCache
@@ -51,11 +52,13 @@ def build_app(model: str | list[str] = EMBEDDED, store: SessionStore | None = No
     work = WorkFolder()
     layered = LayeredTab(models, work, store, settings)
     driving = DrivingTab(models, work)
+    multiview = MultiViewTab(models, work)
     # Gradio's own cache of uploads and outputs: swept every 10 min of files older than 30 min
     with gr.Blocks(title="Strata", delete_cache=(600, 1800)) as demo:
         demo.strata = layered
         gr.Markdown("# Strata\n**Layered editing**: start a scene, paint a rough mask where a new object should "
                     "go, describe it, and add it as a layer; every layer can be removed or re-edited later. "
+                    "**Multi-view**: one 3D edit across many views of a scene, kept consistent by QNeRF. "
                     "**Driving video**: six cameras × N frames from a 3D box layout.")
         with gr.Row():
             model_name = gr.Dropdown(models.labels, value=models.default, label="Model (for a new scene)", scale=4)
@@ -64,6 +67,8 @@ def build_app(model: str | list[str] = EMBEDDED, store: SessionStore | None = No
         load.click(lambda label: load_model(models, label), model_name, model_status, api_name="load_model")
         with gr.Tab("Layered editing"):
             build_layered_tab(layered, model_name)
+        with gr.Tab("Multi-view"):
+            build_multiview_tab(multiview, model_name)
         with gr.Tab("Driving video"):
             build_driving_tab(driving, model_name)
     demo.queue(default_concurrency_limit=2, max_size=64)

@@ -13,7 +13,6 @@ Each was checked by breaking the code on purpose and seeing a test fail:
 """
 
 import numpy as np
-import pytest
 import torch
 
 from attention_processors import mqd

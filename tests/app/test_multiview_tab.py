@@ -1,0 +1,72 @@
+"""The multi-view tab: a sampled orbit scene or an uploaded zipped dataset in; a grid, a turntable and
+the edited dataset as a zip out; bad values and bad zips are messages that leave nothing behind."""
+
+import shutil
+import zipfile
+from dataclasses import replace
+
+import pytest
+from diffusers import StableDiffusionControlNetPipeline
+
+from app.files import WorkFolder
+from app.multiview import MultiViewTab
+from app.models import ModelCache
+from tests.tiny_models import sd1_components, tiny_controlnet
+from world.orbit import render_orbit, sample_orbit_spec, write_nerfstudio_dataset
+
+VALUES = dict(model_name=None, seed=2, dataset_zip=None, object_index=0, move_x=0.5, move_y=0.0, scale=1.0,
+              colour="", method="QNeRF blend (faster)", steps=1, fit_seconds=1)
+
+
+@pytest.fixture(scope="module")
+def tab(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mv") / "tiny-mv"
+    components = sd1_components()
+    StableDiffusionControlNetPipeline(**components, controlnet=tiny_controlnet(components["unet"])).save_pretrained(folder)
+    return MultiViewTab(ModelCache([str(folder)]), WorkFolder())
+
+
+def test_a_sampled_scene_gives_a_grid_a_turntable_and_a_dataset_zip(tab):
+    grid, turntable, archive, message = tab.generate(progress=None, **VALUES)
+    assert grid.endswith("grid.png") and turntable.endswith(".mp4") and not message.startswith("⚠️"), message
+    names = zipfile.ZipFile(archive).namelist()
+    assert "transforms.json" in names and "images/frame_00007.png" in names
+
+
+def test_an_uploaded_strata_dataset_is_edited(tab, tmp_path):
+    spec = replace(sample_orbit_spec(4), n_cameras=4, resolution=32)
+    write_nerfstudio_dataset(spec, render_orbit(spec), tmp_path / "scene")
+    archive = shutil.make_archive(str(tmp_path / "scene"), "zip", tmp_path, "scene")  # a zip of one folder
+    grid, _, result, message = tab.generate(progress=None, **(VALUES | dict(dataset_zip=archive, colour="red",
+                                                                            move_x=0.0)))
+    assert grid and "4 views edited" in message, message
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(steps=0), "steps: expected a whole number"),
+    (dict(object_index=9), "object 9 does not exist"),
+    (dict(move_x=0.0, scale=1.0, colour=""), "choose a move"),
+    (dict(scale=9.0), "scale: expected"),
+    (dict(method="paste"), "method: expected"),
+    (dict(model_name="../secret"), "model: choose one of"),
+])
+def test_bad_values_are_messages_and_leave_nothing(tab, args, message):
+    before = tab.work.size()
+    grid, turntable, archive, text = tab.generate(progress=None, **(VALUES | args))
+    assert grid is None and archive is None and message in text, text
+    assert tab.work.size() == before
+
+
+def test_bad_zips_are_named_without_server_paths(tab, tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("../escape.json", "{}")
+    not_zip = tmp_path / "not.zip"
+    not_zip.write_text("hello")
+    empty_scene = tmp_path / "noscene.zip"
+    with zipfile.ZipFile(empty_scene, "w") as z:
+        z.writestr("images/a.png", b"x")
+    for path, message in ((bad, "is not a dataset file"), (not_zip, "not a zip file"),
+                          (empty_scene, "one transforms.json")):
+        _, _, _, text = tab.generate(progress=None, **(VALUES | dict(dataset_zip=str(path))))
+        assert message in text and str(tmp_path) not in text, text
