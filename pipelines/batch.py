@@ -7,9 +7,15 @@
     python -m pipelines.batch --from-seeds 0:12 --kind layered_edit --out DIR        jobs from world scenes
 
 A job is one line of JSON: {"id": "…", "kind": "layered_edit", "seed": 7, …} with the kind's own
-arguments. layered_edit: "script", an edit script file (relative to the jobs file; the format of
-`pipelines.layered_edit.load_script`) or the script's object inline. The kinds multiview_edit and
-driving_video are recognised but not built yet: their jobs fail with that message and the batch goes on.
+arguments (files relative to the jobs file):
+  layered_edit: "script", an edit script file (the format of `pipelines.layered_edit.load_script`) or
+    the script's object inline;
+  multiview_edit: "dataset" (a nerfstudio folder made by Strata) or "scene_seed" (an orbit scene), "edit"
+    (the edit object of `python -m pipelines.multiview_edit`, or a file), optional "method" (guidance,
+    blend, independent, extended), "views", "interval", "fit_seconds"; writes the edited dataset folder;
+  driving_video: "layout" (a layout JSON file) or "scene_seed" (a street clip), optional "frames",
+    "prompt", "local" ({class: prompt}), "window"; writes the cameras' mp4s, the mosaic and the frames.
+Every kind takes "steps" (or --steps for all).
 
 accelerate splits the jobs between processes (`PartialState.split_between_processes`); each process
 loads the model once. Each job runs in a temporary folder that is renamed to DIR/<id> when it has
@@ -42,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 KINDS = ("layered_edit", "multiview_edit", "driving_video")
-BUILT = ("layered_edit",)
+BUILT = KINDS
 MAX_JOBS_BYTES = 64 << 20
 TMP_PREFIX = ".tmp-"
 
@@ -123,22 +129,93 @@ def versions() -> dict:
 class Runner:
     """Runs jobs of every built kind in one process, with the model loaded once."""
 
-    def __init__(self, model: str, device, base: Path, steps: int | None = None):
-        self.model, self.device, self.base, self.steps = model, device, base, steps
-        self._pipe = None
+    def __init__(self, model: str, device, base: Path, steps: int | None = None, controlnet: str = "embedded"):
+        self.model, self.device, self.base, self.steps, self.controlnet = model, device, base, steps, controlnet
+        self._pipes = {}
 
-    def pipe(self):
-        if self._pipe is None:
-            from pipelines.layered_edit import LayeredEditPipeline
-            from pipelines.loading import load_pipeline
-            self._pipe = load_pipeline(self.model, LayeredEditPipeline, device=self.device)
-            self._pipe.set_progress_bar_config(disable=True)
-        return self._pipe
+    def pipe(self, kind: str = "layered_edit"):
+        """The kind's pipeline, loaded once per process (the ControlNet kinds share one ControlNet)."""
+        if kind not in self._pipes:
+            from pipelines.loading import load_controlnet, load_pipeline
+            if kind == "layered_edit":
+                from pipelines.layered_edit import LayeredEditPipeline
+                self._pipes[kind] = load_pipeline(self.model, LayeredEditPipeline, device=self.device)
+            else:
+                if kind == "driving_video":
+                    from pipelines.driving_video import DrivingVideoPipeline as cls
+                else:
+                    from pipelines.multiview_edit import MultiViewEditPipeline as cls
+                if "controlnet" not in self._pipes:
+                    self._pipes["controlnet"] = load_controlnet(self.controlnet)
+                self._pipes[kind] = load_pipeline(self.model, cls, device=self.device,
+                                                  controlnet=self._pipes["controlnet"])
+            self._pipes[kind].set_progress_bar_config(disable=True)
+        return self._pipes[kind]
 
     def run(self, job: Job, folder: Path) -> None:
         if job.kind not in BUILT:
             raise JobError(f"kind {job.kind!r}: not built in this version of Strata yet")
-        self.layered_edit(job, folder)
+        getattr(self, job.kind)(job, folder)
+
+    def _steps(self, job: Job, default: int) -> int:
+        steps = self.steps if self.steps is not None else job.args.get("steps", default)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+            raise JobError(f"{job.id}.steps: expected a whole number in 1..1000, got {steps!r}")
+        return steps
+
+    def _scene_seed(self, job: Job) -> int:
+        seed = job.args.get("scene_seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise JobError(f"{job.id}.scene_seed: expected a whole number ≥ 0, got {seed!r}")
+        return seed
+
+    def driving_video(self, job: Job, folder: Path) -> None:
+        from formats.layout import StreetClip
+        from pipelines.driving_video import write_video
+
+        if "layout" in job.args:
+            if not isinstance(job.args["layout"], str):
+                raise JobError(f"{job.id}.layout: expected a layout JSON file")
+            clip = StreetClip.load(self.base / job.args["layout"])
+        else:
+            from world.street import sample_street_clip  # a job from a world scene (--from-seeds)
+            clip = sample_street_clip(self._scene_seed(job), n_frames=int(job.args.get("frames", 4)))
+        frames = job.args.get("frames", len(clip.frames))
+        local = job.args.get("local")
+        result = self.pipe("driving_video")(clip, job.args.get("prompt", "a street view"), local, num_frames=frames,
+                                            window=job.args.get("window", 4), num_inference_steps=self._steps(job, 10),
+                                            generator=torch.Generator().manual_seed(job.seed))
+        write_video(result.frames, result.camera_names, clip, folder / "video")
+
+    def multiview_edit(self, job: Job, folder: Path) -> None:
+        from types import SimpleNamespace
+
+        from pipelines.multiview_edit import write_views
+        from pipelines.multiview_edit.cli import METHODS, grid_png, prepare
+        from qnerf import FitSettings
+
+        edit = job.args.get("edit")
+        if isinstance(edit, dict):
+            (folder / "edit.json").write_text(json.dumps(edit))
+            edit = folder / "edit.json"
+        elif isinstance(edit, str):
+            edit = self.base / edit
+        else:
+            raise JobError(f"{job.id}.edit: expected an edit object or file, got {edit!r}")
+        method = job.args.get("method", "guidance")
+        if method not in METHODS:
+            raise JobError(f"{job.id}.method: expected one of {sorted(METHODS)}, got {method!r}")
+        dataset = job.args.get("dataset")
+        args = SimpleNamespace(edit=edit, scene_seed=None if dataset else self._scene_seed(job),
+                               dataset=self.base / dataset if isinstance(dataset, str) else None, controls=None,
+                               prompt=None, source_prompt=None, views=int(job.args.get("views", 8)))
+        inputs, extra = prepare(args, channels=4)
+        out = self.pipe("multiview_edit")(**inputs, num_inference_steps=self._steps(job, 20),
+                                          interval=int(job.args.get("interval", 5)),
+                                          fit_settings=FitSettings(max_seconds=float(job.args.get("fit_seconds", 10))),
+                                          generator=torch.Generator().manual_seed(job.seed), **METHODS[method])
+        write_views(folder / "edited", out.images, inputs["cameras"], extra=extra,
+                    files={"grid.png": grid_png(inputs["images"], out.images)})
 
     def layered_edit(self, job: Job, folder: Path) -> None:
         from pipelines.layered_edit.cli import load_script, run_script
@@ -265,6 +342,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--kind", default="layered_edit", choices=KINDS, help="with --from-seeds")
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--controlnet", default="embedded", help="the ControlNet of multiview_edit and driving_video")
     parser.add_argument("--steps", type=int, default=None, help="override every job's steps")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (default 1: results "
                                                               "then do not depend on the process count)")
@@ -295,7 +373,8 @@ def main(argv=None) -> dict:
         if state.is_main_process:
             print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    runner = Runner(args.model, state.device if state.device.type != "cpu" else None, jobs_path.parent, args.steps)
+    runner = Runner(args.model, state.device if state.device.type != "cpu" else None, jobs_path.parent, args.steps,
+                    args.controlnet)
     stop = threading.Event()
     bar = None
     if state.is_main_process:

@@ -123,16 +123,31 @@ def test_a_folder_that_cannot_be_written_and_a_missing_jobs_file_stop_before_any
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_unbuilt_kinds_fail_as_jobs_and_the_batch_goes_on(setup, tmp_path):
-    jobs = tmp_path / "jobs.jsonl"
-    lines = [json.loads(line) for line in (setup / "jobs.jsonl").read_text().splitlines()][:1]
-    lines.append({"id": "video", "kind": "driving_video", "seed": 2})
-    jobs.write_text("".join(json.dumps(j) + "\n" for j in lines))
-    for name in ("a.png", "b.png", "model"):
-        os.symlink(setup / name, tmp_path / name)
-    result = subprocess.run([sys.executable, "-m", "pipelines.batch", "--jobs", str(jobs), "--out", str(tmp_path / "o"),
-                             "--model", str(setup / "model")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_every_kind_runs_and_a_bad_job_of_each_fails_alone(setup, tmp_path):
+    """The ControlNet kinds on a tiny model + ControlNet: a driving clip and a multi-view edit from world
+    seeds, and one bad job of each kind (a missing layout file, an edit naming a missing object) that goes
+    to failed.jsonl while the batch goes on."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from tests.tiny_models import tiny_controlnet
+
+    components = sd1_components()
+    StableDiffusionControlNetPipeline(**components, controlnet=tiny_controlnet(components["unet"])).save_pretrained(
+        tmp_path / "model")
+    jobs = [{"id": "drive", "kind": "driving_video", "seed": 1, "scene_seed": 3, "frames": 2, "steps": 1},
+            {"id": "drive-bad", "kind": "driving_video", "seed": 1, "layout": "missing.json"},
+            {"id": "views", "kind": "multiview_edit", "seed": 1, "scene_seed": 2, "views": 3, "steps": 1,
+             "fit_seconds": 1, "method": "blend", "edit": {"object": 0, "colour": "red"}},
+            {"id": "views-bad", "kind": "multiview_edit", "seed": 1, "scene_seed": 2, "edit": {"object": 9, "scale": 2}}]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(j) + "\n" for j in jobs))
+    result = subprocess.run([sys.executable, "-m", "pipelines.batch", "--jobs", str(tmp_path / "jobs.jsonl"),
+                             "--out", str(tmp_path / "o"), "--model", str(tmp_path / "model"),
+                             "--controlnet", str(tmp_path / "model" / "controlnet")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    failed = [json.loads(line) for line in (tmp_path / "o" / "failed.jsonl").read_text().splitlines()]
-    assert [f["id"] for f in failed] == ["video"] and "not built" in failed[0]["error"]
-    assert (tmp_path / "o" / "job-0" / "done.json").is_file()
+    failed = {f["id"]: f["error"] for f in map(json.loads, (tmp_path / "o" / "failed.jsonl").read_text().splitlines())}
+    assert set(failed) == {"drive-bad", "views-bad"} and "object 9 does not exist" in failed["views-bad"]
+    drive = json.loads((tmp_path / "o" / "drive" / "done.json").read_text())["outputs"]
+    assert "video/surround.mp4" in drive and "video/CAM_FRONT/000001.png" in drive
+    views = json.loads((tmp_path / "o" / "views" / "done.json").read_text())["outputs"]
+    assert "edited/transforms.json" in views and "edited/images/frame_00002.png" in views

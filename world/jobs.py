@@ -1,8 +1,9 @@
 """Batch jobs from world scenes: what `python -m pipelines.batch --from-seeds A:B --kind K` runs.
 
 layered_edit: one job per edit scenario (world.flat.sample_edit_scenario(seed)), its edit script inline
-in the job's line and its rough masks as PNGs beside the jobs file. Other kinds: one line per seed
-with the kind's seed (their pipelines read the scene from it).
+in the job's line and its rough masks as PNGs beside the jobs file. multiview_edit: the orbit scene's
+seed and an edit of its object 0 (move, scale and recolour in turn, as benchmarks.multiview_edit does).
+driving_video: the street clip's seed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ def edit_script(seed: int, masks: Path, prefix: str) -> dict:
     return {"scene": {"prompt": scenario.background_prompt, "seed": 1000 * seed}, "layers": layers}
 
 
+def orbit_edit(seed: int) -> dict:
+    """Move, scale or recolour (to a colour not in the scene) object 0 of orbit scene `seed`."""
+    from world.orbit import sample_orbit_spec
+    from world.vocab import COLOURS
+
+    if seed % 3 == 0:
+        return {"object": 0, "move": [0.6, 0.0]}
+    if seed % 3 == 1:
+        return {"object": 0, "scale": 1.4}
+    used = {o.colour for o in sample_orbit_spec(seed).objects}
+    return {"object": 0, "colour": next(c for c in COLOURS if c not in used)}
+
+
 def write_jobs(seeds, kind: str, folder: Path) -> Path:
     """folder/jobs.jsonl (and folder/masks/) for these seeds; returns the jobs file."""
     folder = Path(folder)
@@ -39,6 +53,8 @@ def write_jobs(seeds, kind: str, folder: Path) -> Path:
             job["script"] = edit_script(seed, masks, job["id"])
         else:
             job["scene_seed"] = seed
+            if kind == "multiview_edit":
+                job["edit"] = orbit_edit(seed)
         lines.append(json.dumps(job))
     path = folder / "jobs.jsonl"
     path.write_text("\n".join(lines) + "\n")
