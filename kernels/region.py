@@ -71,15 +71,21 @@ def reference(q, k, v, region, segment_length: int, scale=None, key_mask=None):
 
 
 def naive(q, k, v, region, segment_length: int, scale=None):
-    """What a user writes today: loop over regions, SDPA on that prompt, keep the region's rows."""
+    """What a careful user writes today: for each batch row and region, gather that region's query rows,
+    SDPA on that region's prompt, scatter them back (every query attends once, as in the fused kernels;
+    the first sessions' naive path ran every region's attention on every token, R times the work)."""
     n_regions = _check(q, k, region, segment_length)
     b, _, n, _ = q.shape
     region = region.expand(b, n) if region.dim() == 1 else region
     out = torch.zeros_like(q)
-    for r in range(n_regions):
-        seg = slice(r * segment_length, (r + 1) * segment_length)
-        full = F.scaled_dot_product_attention(q, k[:, :, seg], v[:, :, seg], scale=scale)
-        out = torch.where((region == r)[:, None, :, None], full, out)
+    for row in range(b):
+        for r in range(n_regions):
+            rows = torch.nonzero(region[row] == r).flatten()
+            if rows.numel() == 0:
+                continue
+            seg = slice(r * segment_length, (r + 1) * segment_length)
+            out[row, :, rows] = F.scaled_dot_product_attention(q[row:row + 1, :, rows], k[row:row + 1, :, seg],
+                                                               v[row:row + 1, :, seg], scale=scale)[0]
     return out
 
 
