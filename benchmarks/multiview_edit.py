@@ -19,7 +19,8 @@ Columns (means over scenes ± standard error):
   held-out PSNR: an RGB field (the query field's nerfstudio components, one 3-channel head, the true
     depth for its depth loss, a fixed --rgb-iterations budget) fitted to the 8 edited views at 32 px,
     rendered at the 8 held-out cameras against the edited scene's renders there;
-  s / view, s / QNeRF fit, peak extra resident memory.
+  s / view, s / QNeRF fit (record, fit and render), the query loss at the end of a fit (in units of the
+  queries' variance: 1 is no better than their mean), peak extra resident memory.
 A second table gives each method minus independent editing, paired by scene.
 """
 
@@ -131,7 +132,7 @@ def _text(pair, digits=3):
 
 def bench(pipe, args) -> dict:
     scores = {m: {"success": [], "reprojection": [], "psnr": [], "seconds_per_view": [], "fit_seconds": [],
-                  "memory": []} for m in [*METHODS, TRUTH]}
+                  "fit_loss": [], "memory": []} for m in [*METHODS, TRUTH]}
     methods = {name: dict(options, **args.options) for name, options in METHODS.items()
                if args.methods is None or name in args.methods or name == BASELINE}
     names = [*methods, TRUTH]
@@ -158,6 +159,7 @@ def bench(pipe, args) -> dict:
             outputs[name] = out.images
             scores[name]["seconds_per_view"].append(seconds / len(train))
             scores[name]["fit_seconds"].extend(f["seconds"] for f in out.fits)
+            scores[name]["fit_loss"].extend(f["loss"] for f in out.fits)
             scores[name]["memory"].append(peak.extra_mib)
         outputs[TRUTH] = np.stack([v.rgb for v in edited_views])
         for name, images in outputs.items():
@@ -175,6 +177,8 @@ def bench(pipe, args) -> dict:
                       "held_out_psnr": _mean_se(s["psnr"]),
                       "seconds_per_view": float(np.mean(s["seconds_per_view"])) if s["seconds_per_view"] else None,
                       "seconds_per_fit": float(np.mean(s["fit_seconds"])) if s["fit_seconds"] else None,
+                      # the query loss at the end of each fit, in units of the queries' variance (1: their mean)
+                      "fit_loss": float(np.mean(s["fit_loss"])) if s["fit_loss"] else None,
                       "peak_extra_mib": float(max(s["memory"])) if s["memory"] else None,
                       "per_scene": {"success": s["success"], "reprojection": s["reprojection"], "psnr": s["psnr"]}}
     for name in names:
@@ -215,9 +219,9 @@ def main(argv=None) -> dict:
     print_table(f"Multi-view editing: {args.scenes} orbit scenes × 8 views, {args.steps} steps, seed {args.seed}, "
                 f"{machine()}",
                 ["method", "edit success", "reprojection error", "held-out PSNR dB", "s / view", "s / QNeRF fit",
-                 "peak extra MiB"],
+                 "fit loss", "peak extra MiB"],
                 [[name, _text(r["edit_success"]), _text(r["reprojection_error"], 2), _text(r["held_out_psnr"], 2),
-                  r["seconds_per_view"] or "-", r["seconds_per_fit"] or "-",
+                  r["seconds_per_view"] or "-", r["seconds_per_fit"] or "-", r["fit_loss"] or "-",
                   r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-"] for name, r in rows.items()])
     print_table("Each method minus independent editing, paired by scene (mean ± standard error)",
                 ["method", "edit success", "reprojection error", "held-out PSNR dB"],

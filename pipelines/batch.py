@@ -1,9 +1,14 @@
 """Scripted batch generation: one command from one CPU to a cluster, resumable, a bad job never stops the batch.
 
     python -m pipelines.batch --jobs jobs.jsonl --out DIR                 one process
-    accelerate launch --num_processes 2 -m pipelines.batch --jobs jobs.jsonl --out DIR
+    torchrun --nproc_per_node 2 -m pipelines.batch --jobs jobs.jsonl --out DIR       2 processes on a CPU
+    accelerate launch --num_processes 8 -m pipelines.batch --jobs jobs.jsonl --out DIR   8 GPUs
     accelerate launch --num_machines 2 --machine_rank R --main_process_ip HOST --main_process_port 29500 \\
         --num_processes 16 -m pipelines.batch --jobs jobs.jsonl --out /shared/DIR         several machines
+
+On a machine without GPUs, `accelerate launch --cpu --num_processes N` starts one process (accelerate runs
+several CPU processes only through mpirun); torchrun (`python -m torch.distributed.run`) starts N, and
+the runner's `PartialState` joins them over gloo.
     python -m pipelines.batch --from-seeds 0:12 --kind layered_edit --out DIR        jobs from world scenes
 
 A job is one line of JSON: {"id": "…", "kind": "layered_edit", "seed": 7, …} with the kind's own
@@ -235,11 +240,12 @@ class Runner:
         run_script(parsed, self.pipe(), folder, seed_offset=job.seed)
 
 
-def finish(job: Job, folder: Path, target: Path, seconds: float) -> None:
-    """done.json (arguments, seed, versions, seconds, outputs with their sha256), then the rename."""
+def finish(job: Job, folder: Path, target: Path, seconds: float, process: int = 0) -> None:
+    """done.json (arguments, seed, versions, seconds, the process that ran it, outputs with their sha256),
+    then the rename."""
     files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     done = {"id": job.id, "kind": job.kind, "seed": job.seed, "args": job.args, "seconds": seconds,
-            "versions": versions(), "outputs": files}
+            "process": process, "versions": versions(), "outputs": files}
     (folder / "done.json").write_text(json.dumps(done, indent=1))
     if target.exists():  # an unfinished earlier attempt's folder (no done.json): replaced
         shutil.rmtree(target)
@@ -262,7 +268,7 @@ def run_batch(jobs: list[Job], out: Path, runner: Runner, state, on_done=None) -
                 start = time.perf_counter()
                 try:
                     runner.run(job, folder)
-                    finish(job, folder, target, time.perf_counter() - start)
+                    finish(job, folder, target, time.perf_counter() - start, state.process_index)
                     stats["done"] += 1
                     stats["seconds"].append(time.perf_counter() - start)
                 except Exception as err:  # the batch goes on; the error is on record
@@ -351,7 +357,9 @@ def main(argv=None) -> dict:
 
     from pipelines.loading import ModelLoadError
 
-    state = PartialState()
+    # cpu: without a GPU, processes started by torchrun (or mpirun) join over gloo; PartialState()
+    # alone would leave each of them thinking it is the only one (and every job would run N times)
+    state = PartialState(cpu=not torch.cuda.is_available())
     torch.set_num_threads(max(1, args.threads))
     # SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so the job in progress cleans up
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))

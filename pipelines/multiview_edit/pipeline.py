@@ -58,7 +58,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def check_inputs(self, images, cameras, control_image, source_control_image, depths, prompt, injection,
-                     num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers):
+                     num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from=0.0):
         """Each bad argument is a ValueError that names it; nothing is changed before all pass."""
         if not isinstance(self.scheduler, self.required_scheduler):
             raise ValueError(f"scheduler: multi-view editing inverts the views with DDIM, got "
@@ -98,7 +98,8 @@ class MultiViewEditPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"interval: expected a positive number of steps between QNeRF fits, got {interval!r}")
-        for name, value in (("qnerf_until", qnerf_until), ("blend_weight", blend_weight), ("kv_start", kv_start)):
+        for name, value in (("qnerf_from", qnerf_from), ("qnerf_until", qnerf_until), ("blend_weight", blend_weight),
+                            ("kv_start", kv_start)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ValueError(f"{name}: expected a fraction in [0, 1], got {value!r}")
         if query_layers is not None:
@@ -126,7 +127,8 @@ class MultiViewEditPipeline(DiffusionPipeline):
                  depths: list[np.ndarray | None] | None = None, injection: str | None = "guidance",
                  extended_attention: bool = False, source_kv: bool = True, kv_start: float = 0.0,
                  num_inference_steps: int = 20, guidance_scale: float = 4.0, negative_prompt: str = "",
-                 controlnet_conditioning_scale: float = 1.0, interval: int = 5, qnerf_until: float = 0.6,
+                 controlnet_conditioning_scale: float = 1.0, interval: int = 5, qnerf_from: float = 0.0,
+                 qnerf_until: float = 0.6,
                  blend_weight: float = 0.5, guidance_alpha: float = 0.05, query_layers: list[str] | None = None,
                  fit_settings: FitSettings = FitSettings(), field_config: FieldConfig = FieldConfig(),
                  generator: torch.Generator | None = None, output_type: str = "np", return_dict: bool = True,
@@ -141,14 +143,14 @@ class MultiViewEditPipeline(DiffusionPipeline):
         scene after and before the edit. injection: "guidance", "blend" or None (independent per-view
         editing); extended_attention: each view also reads its ring neighbours (a baseline);
         source_kv: key/value injection from the source views, from step kv_start·steps on.
-        interval: steps between QNeRF fits (τ); qnerf_until: the fraction of the schedule with
-        injection; blend_weight: w of the blend; guidance_alpha: the RMS of a guidance step.
+        interval: steps between QNeRF fits (τ); qnerf_from / qnerf_until: the part of the schedule with
+        fits and injection (fractions of the steps); blend_weight: w of the blend; guidance_alpha: the RMS of a guidance step.
         interval_callback(step, fit_result, rendered) is called after each fit.
         """
         if source_control_image is None:
             source_control_image = control_image
         self.check_inputs(images, cameras, control_image, source_control_image, depths, prompt, injection,
-                          num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers)
+                          num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from)
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type: expected 'np' or 'latent', got {output_type!r}")
         device = self._execution_device
@@ -189,7 +191,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
 
         # 4. the denoising loop from the inverted noise
         latents = source[0].clone()
-        inject_until = round(qnerf_until * num_inference_steps)
+        inject_from, inject_until = round(qnerf_from * num_inference_steps), round(qnerf_until * num_inference_steps)
         model_hidden, model_control = edit_hidden, torch.cat([control, control])
         fits, field = [], None
 
@@ -205,7 +207,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
                     kv.mode = "record"
                     self.denoise(source[i], t, source_hidden, source_control, controlnet_conditioning_scale)
                     kv.mode = "inject"
-                if queries is not None and i < inject_until and i % interval == 0:
+                if queries is not None and inject_from <= i < inject_until and (i - inject_from) % interval == 0:
                     # record the queries at the cached latent, (re)fit the field, render every view
                     queries.mode, queries.recording, queries.recorded = None, True, {}
                     predict(latents)
@@ -223,7 +225,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
                                  "iterations": result.iterations, "loss": result.loss})
                     if interval_callback is not None:
                         interval_callback(i, result, rendered)
-                injecting = queries is not None and i < inject_until and queries.rendered
+                injecting = queries is not None and inject_from <= i < inject_until and queries.rendered
                 if injecting and injection == "guidance":
                     latents, _ = guidance_step(predict, latents, queries, guidance_alpha)
                 if queries is not None:
