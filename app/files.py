@@ -91,20 +91,28 @@ def unpack_session_zip(archive_path, folder: Path, max_bytes: int) -> Path:
         if declared > max_bytes:
             raise ValueError(f"session zip: {declared >> 20} MiB unpacked, more than this server takes "
                              f"({max_bytes >> 20} MiB)")
-        written = 0
-        try:
-            for info in entries:
-                with archive.open(info) as source, open(folder / info.filename, "wb") as target:
-                    while block := source.read(1 << 20):
-                        written += len(block)
-                        if written > max_bytes or written > declared:  # a header that lied about its size
-                            raise ValueError(f"session zip: unpacks to more than it declares or this server "
-                                             f"takes ({max_bytes >> 20} MiB)")
-                        target.write(block)
-        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as err:
-            raise ValueError(f"session zip: corrupt ({type(err).__name__}); upload a zip made by "
-                             f"'Download session'") from None
+        _extract(archive, entries, folder, min(max_bytes, declared), "session zip",
+                 "; upload a zip made by 'Download session'")
     return folder
+
+
+def _extract(archive: zipfile.ZipFile, entries, folder: Path, limit: int, what: str, hint: str = "") -> None:
+    """Write the entries under folder, counting the bytes actually written against limit (the smaller
+    of what the headers declare and what the server takes: a header that lied about its size stops
+    the unpacking)."""
+    written = 0
+    try:
+        for info in entries:
+            target = folder / info.filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as source, open(target, "wb") as out:
+                while block := source.read(1 << 20):
+                    written += len(block)
+                    if written > limit:
+                        raise ValueError(f"{what}: unpacks to more than it declares or this server takes")
+                    out.write(block)
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as err:
+        raise ValueError(f"{what}: corrupt ({type(err).__name__}){hint}") from None
 
 
 DATASET_SUFFIXES = (".json", ".png", ".jpg", ".jpeg")
@@ -134,19 +142,7 @@ def unpack_dataset_zip(archive_path, folder: Path, max_bytes: int) -> Path:
         if declared > max_bytes:
             raise ValueError(f"dataset zip: {declared >> 20} MiB unpacked, more than this server takes "
                              f"({max_bytes >> 20} MiB)")
-        written = 0
-        try:
-            for info in entries:
-                target = folder / info.filename
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(target, "wb") as out:
-                    while block := source.read(1 << 20):
-                        written += len(block)
-                        if written > max_bytes or written > declared:
-                            raise ValueError("dataset zip: unpacks to more than it declares or this server takes")
-                        out.write(block)
-        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as err:
-            raise ValueError(f"dataset zip: corrupt ({type(err).__name__})") from None
+        _extract(archive, entries, folder, min(max_bytes, declared), "dataset zip")
     found = [p.parent for p in folder.rglob("transforms.json") if len(p.relative_to(folder).parts) <= 2]
     if len(found) != 1:
         raise ValueError("dataset zip: expected one transforms.json at the top (or inside one folder)")

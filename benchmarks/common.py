@@ -6,6 +6,7 @@ import json
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -36,3 +37,16 @@ def write_json(path: str | None, data: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
         print(f"\nwrote {path}")
+
+
+def mean_se(values) -> tuple[float | None, float | None]:
+    """Mean and standard error of the finite values (None where there are too few)."""
+    v = np.array([x for x in values if not np.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def mean_se_text(pair, digits: int = 3) -> str:
+    mean, se = pair
+    return "-" if mean is None else f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")

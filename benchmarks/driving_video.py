@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import machine, print_table, write_json
+from benchmarks.common import machine, mean_se, mean_se_text, print_table, write_json
 from benchmarks.real_checkpoints import PeakMemory
 from formats.projection import cast_layout
 from pipelines.driving_video import DrivingVideoPipeline
@@ -95,18 +95,6 @@ def temporal_error(images: np.ndarray, truth: list[list], clip) -> float:
     return float(np.average(errors, weights=weights)) if errors else float("nan")
 
 
-def _mean_se(values):
-    v = np.array([x for x in values if not np.isnan(x)], dtype=np.float64)
-    if len(v) == 0:
-        return None, None
-    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
-
-
-def _text(pair, digits=3):
-    mean, se = pair
-    return "-" if mean is None else f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
-
-
 def bench_methods(pipe, args) -> dict:
     scores = {m: {"adherence": [], "cross": [], "temporal": [], "seconds": [], "memory": []}
               for m in [*METHODS, "ground-truth renders"]}
@@ -125,8 +113,8 @@ def bench_methods(pipe, args) -> dict:
             scores[name]["memory"].append(peak.extra_mib)
             _score(scores[name], frames, truth, clip)
         _score(scores["ground-truth renders"], np.array([[v.rgb for v in views] for views in truth]), truth, clip)
-    return {name: {"adherence": _mean_se(s["adherence"]), "cross_camera_error": _mean_se(s["cross"]),
-                   "temporal_error": _mean_se(s["temporal"]),
+    return {name: {"adherence": mean_se(s["adherence"]), "cross_camera_error": mean_se(s["cross"]),
+                   "temporal_error": mean_se(s["temporal"]),
                    "seconds_per_camera_frame": float(np.mean(s["seconds"])) if s["seconds"] else None,
                    "peak_extra_mib": float(max(s["memory"])) if s["memory"] else None}
             for name, s in scores.items()}
@@ -174,7 +162,7 @@ def main(argv=None) -> dict:
                 f"{args.seed}, {machine()}",
                 ["method", "layout adherence", "cross-camera error", "temporal error", "s / camera-frame",
                  "peak extra MiB"],
-                [[name, _text(r["adherence"]), _text(r["cross_camera_error"], 1), _text(r["temporal_error"], 1),
+                [[name, mean_se_text(r["adherence"]), mean_se_text(r["cross_camera_error"], 1), mean_se_text(r["temporal_error"], 1),
                   r["seconds_per_camera_frame"] or "-", r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-"]
                  for name, r in rows.items()])
     if args.long:

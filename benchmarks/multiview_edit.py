@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from benchmarks.common import machine, print_table, write_json
+from benchmarks.common import machine, mean_se, mean_se_text, print_table, write_json
 from benchmarks.real_checkpoints import PeakMemory
 from pipelines.loading import load_controlnet, load_pipeline
 from pipelines.multiview_edit import MultiViewEditPipeline
@@ -118,18 +118,6 @@ def held_out_psnr(images: np.ndarray, train_views, held_views, held_truth: np.nd
     return float(10 * np.log10(1 / max(mse, 1e-10)))
 
 
-def _mean_se(values):
-    v = np.array([x for x in values if not np.isnan(x)], dtype=np.float64)
-    if len(v) == 0:
-        return None, None
-    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
-
-
-def _text(pair, digits=3):
-    mean, se = pair
-    return "-" if mean is None else f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
-
-
 def bench(pipe, args) -> dict:
     scores = {m: {"success": [], "reprojection": [], "psnr": [], "seconds_per_view": [], "fit_seconds": [],
                   "fit_loss": [], "memory": []} for m in [*METHODS, TRUTH]}
@@ -173,8 +161,8 @@ def bench(pipe, args) -> dict:
     rows = {}
     for name in names:
         s = scores[name]
-        rows[name] = {"edit_success": _mean_se(s["success"]), "reprojection_error": _mean_se(s["reprojection"]),
-                      "held_out_psnr": _mean_se(s["psnr"]),
+        rows[name] = {"edit_success": mean_se(s["success"]), "reprojection_error": mean_se(s["reprojection"]),
+                      "held_out_psnr": mean_se(s["psnr"]),
                       "seconds_per_view": float(np.mean(s["seconds_per_view"])) if s["seconds_per_view"] else None,
                       "seconds_per_fit": float(np.mean(s["fit_seconds"])) if s["fit_seconds"] else None,
                       # the query loss at the end of each fit, in units of the queries' variance (1: their mean)
@@ -185,7 +173,7 @@ def bench(pipe, args) -> dict:
         if name == BASELINE:
             continue
         rows[name]["minus_independent"] = {
-            key: _mean_se([a - b for a, b in zip(scores[name][key], scores[BASELINE][key])])
+            key: mean_se([a - b for a, b in zip(scores[name][key], scores[BASELINE][key])])
             for key in ("success", "reprojection", "psnr")}
     return rows
 
@@ -220,13 +208,13 @@ def main(argv=None) -> dict:
                 f"{machine()}",
                 ["method", "edit success", "reprojection error", "held-out PSNR dB", "s / view", "s / QNeRF fit",
                  "fit loss", "peak extra MiB"],
-                [[name, _text(r["edit_success"]), _text(r["reprojection_error"], 2), _text(r["held_out_psnr"], 2),
+                [[name, mean_se_text(r["edit_success"]), mean_se_text(r["reprojection_error"], 2), mean_se_text(r["held_out_psnr"], 2),
                   r["seconds_per_view"] or "-", r["seconds_per_fit"] or "-", r["fit_loss"] or "-",
                   r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-"] for name, r in rows.items()])
     print_table("Each method minus independent editing, paired by scene (mean ± standard error)",
                 ["method", "edit success", "reprojection error", "held-out PSNR dB"],
-                [[name, _text(r["minus_independent"]["success"]), _text(r["minus_independent"]["reprojection"], 2),
-                  _text(r["minus_independent"]["psnr"], 2)] for name, r in rows.items() if "minus_independent" in r])
+                [[name, mean_se_text(r["minus_independent"]["success"]), mean_se_text(r["minus_independent"]["reprojection"], 2),
+                  mean_se_text(r["minus_independent"]["psnr"], 2)] for name, r in rows.items() if "minus_independent" in r])
     write_json(args.json, result)
     return result
 

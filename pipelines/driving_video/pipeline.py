@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, DDIMScheduler, DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from attention_processors import AttentionController, MultiQueryDisentangledProcessor, RegionState, installed_processors
@@ -30,25 +29,15 @@ from attention_processors.install import is_cross_attention
 from attention_processors.temporal import frame_index
 from formats.layout import CLASSES, StreetClip
 from formats.projection import control_maps
-from pipelines.conditioning import encode_prompts, tensor_to_images
+from pipelines.conditioning import encode_prompts
+from pipelines.controlnet_base import ControlNetPipelineBase
 from pipelines.outputs import DrivingVideoPipelineOutput
 
 MAX_FRAMES = 1000
 STREET_MAX_DEPTH = 40.0  # metres at which the control map's depth reaches 0 (the ControlNet's training)
 
 
-class DrivingVideoPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
-    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
-    required_scheduler = DDIMScheduler
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet: ControlNetModel, scheduler, safety_checker=None,
-                 feature_extractor=None, image_encoder=None, requires_safety_checker: bool = False):
-        super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-                              scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-
+class DrivingVideoPipeline(ControlNetPipelineBase):
     def check_inputs(self, layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps):
         """Each bad argument is a ValueError that names it."""
         if not isinstance(self.scheduler, self.required_scheduler):
@@ -171,11 +160,8 @@ class DrivingVideoPipeline(DiffusionPipeline):
                         controller.begin_step(i, int(t))
                         batch = torch.cat([*(traj[i] for traj in fixed), latents])
                         model_in = torch.cat([batch, batch])
-                        down, mid = self.controlnet(model_in, t, encoder_hidden_states=hidden,
-                                                    controlnet_cond=torch.cat([control, control]),
-                                                    conditioning_scale=controlnet_conditioning_scale, return_dict=False)
-                        noise = self.unet(model_in, t, encoder_hidden_states=hidden, down_block_additional_residuals=down,
-                                          mid_block_additional_residual=mid).sample
+                        noise = self.denoise(model_in, t, hidden, torch.cat([control, control]),
+                                             controlnet_conditioning_scale)
                         uncond, text = noise.chunk(2)
                         guided = (uncond + guidance_scale * (text - uncond))[len(fixed) * n_views:]
                         latents = self.scheduler.step(guided, t, latents).prev_sample
@@ -185,7 +171,7 @@ class DrivingVideoPipeline(DiffusionPipeline):
                 latest = {**kept, **{f: trajectory[:, k] for k, f in enumerate(new)}}
                 kept = {f: traj for f, traj in latest.items() if f > new[-1] - overlap}  # what the next window carries
                 for k, f in enumerate(new):
-                    images = np.stack([self.decode(trajectory[-1, k, v:v + 1]) for v in range(n_views)])
+                    images = self.decode(trajectory[-1, k])
                     if frame_callback is not None:
                         frame_callback(f, images)
                     if output_type == "np":
@@ -195,8 +181,3 @@ class DrivingVideoPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames,)
         return DrivingVideoPipelineOutput(frames=frames, camera_names=[c.name for c in layout.rig])
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """(H, W, 3) uint8 image of latents (1, C, h, w)."""
-        return tensor_to_images(self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample)[0]

@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 import torch
-from diffusers import ControlNetModel, DDIMScheduler, DiffusionPipeline
 
 from attention_processors import AttentionController, installed_processors
 from attention_processors.cross_view import ViewState, ring_neighbours
@@ -37,25 +36,16 @@ from attention_processors.query_inject import guidance_step
 from attention_processors.query_record import QueryState, default_query_layers, from_views, to_views
 from attention_processors.source_kv import SourceKV
 from formats.cameras import Camera
-from pipelines.conditioning import ddim_inversion, encode_prompts, images_to_tensor, tensor_to_images
+from pipelines.conditioning import ddim_inversion, encode_prompts, images_to_tensor
+from pipelines.controlnet_base import ControlNetPipelineBase
 from pipelines.outputs import MultiViewEditPipelineOutput
 from qnerf import FieldConfig, FitSettings, fit_queries, render_queries
 
 INJECTIONS = (None, "guidance", "blend")
 
 
-class MultiViewEditPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
-    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+class MultiViewEditPipeline(ControlNetPipelineBase):
     _callback_tensor_inputs = ["latents"]
-    required_scheduler = DDIMScheduler
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet: ControlNetModel, scheduler, safety_checker=None,
-                 feature_extractor=None, image_encoder=None, requires_safety_checker: bool = False):
-        super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-                              scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def check_inputs(self, images, cameras, control_image, source_control_image, depths, prompt, injection,
                      num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from=0.0):
@@ -113,13 +103,6 @@ class MultiViewEditPipeline(DiffusionPipeline):
         hidden = hidden.to(self.unet.dtype)
         edit = torch.cat([hidden[0:1].expand(n_views, -1, -1), hidden[1:2].expand(n_views, -1, -1)])
         return edit, hidden[2:3].expand(n_views, -1, -1)
-
-    def denoise(self, latents, t, hidden, control, scale):
-        """The model output at latents (ControlNet, then UNet)."""
-        down, mid = self.controlnet(latents, t, encoder_hidden_states=hidden, controlnet_cond=control,
-                                    conditioning_scale=scale, return_dict=False)
-        return self.unet(latents, t, encoder_hidden_states=hidden, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, cameras: list[Camera], control_image: np.ndarray,
@@ -243,8 +226,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
         # 5. decode
         images_out = None
         if output_type == "np":
-            images_out = np.concatenate([tensor_to_images(self.vae.decode(
-                latents[v:v + 1].to(self.vae.dtype) / self.vae.config.scaling_factor).sample) for v in range(n_views)])
+            images_out = self.decode(latents)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images_out, latents)
