@@ -41,4 +41,4 @@ def guidance_step(denoise: Callable[[torch.Tensor], object], latents: torch.Tens
     finally:
         state.recording, state.keep_graph, state.mode, state.recorded = saved
     rms = grad.pow(2).mean().sqrt().clamp_min(1e-12)
-    return (latents + alpha * grad / rms).detach(), float(distance.detach())
+    return (latents - alpha * grad / rms).detach(), float(distance.detach())

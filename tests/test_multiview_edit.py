@@ -111,7 +111,8 @@ def test_bad_arguments_are_named(pipe, scene, change, message):
 
 def test_bad_settings_are_named(pipe, scene):
     for kwargs, message in ((dict(injection="paste"), "injection"), (dict(interval=0), "interval"),
-                            (dict(blend_weight=2.0), "blend_weight"), (dict(query_layers=["nope"]), "query_layers")):
+                            (dict(blend_weight=2.0), "blend_weight"), (dict(query_layers=["nope"]), "query_layers"),
+                            (dict(guidance_alpha=float("nan")), "guidance_alpha"), (dict(qnerf_from=-0.1), "qnerf_from")):
         with pytest.raises(ValueError, match=message):
             _run(pipe, scene[1], **kwargs)
 

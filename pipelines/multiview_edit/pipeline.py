@@ -48,7 +48,8 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
     _callback_tensor_inputs = ["latents"]
 
     def check_inputs(self, images, cameras, control_image, source_control_image, depths, prompt, injection,
-                     num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from=0.0):
+                     num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from=0.0,
+                     guidance_alpha=0.05):
         """Each bad argument is a ValueError that names it; nothing is changed before all pass."""
         if not isinstance(self.scheduler, self.required_scheduler):
             raise ValueError(f"scheduler: multi-view editing inverts the views with DDIM, got "
@@ -92,6 +93,8 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
                             ("kv_start", kv_start)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ValueError(f"{name}: expected a fraction in [0, 1], got {value!r}")
+        if isinstance(guidance_alpha, bool) or not isinstance(guidance_alpha, (int, float)) or not 0 <= guidance_alpha < 10:
+            raise ValueError(f"guidance_alpha: expected a step size in [0, 10), got {guidance_alpha!r}")
         if query_layers is not None:
             unknown = set(query_layers) - set(self.unet.attn_processors)
             if not query_layers or unknown or any(is_cross_attention(n) for n in query_layers):
@@ -133,7 +136,8 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         if source_control_image is None:
             source_control_image = control_image
         self.check_inputs(images, cameras, control_image, source_control_image, depths, prompt, injection,
-                          num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from)
+                          num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from,
+                          guidance_alpha)
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type: expected 'np' or 'latent', got {output_type!r}")
         device = self._execution_device
