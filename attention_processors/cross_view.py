@@ -19,6 +19,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 from attention_processors.controller import AttentionController
+from attention_processors.tokens import enter_layer, leave_layer
 from kernels import neighbour_attention
 
 
@@ -74,19 +75,11 @@ class CrossViewProcessor:
         views = self.controller.views
         if views is None or encoder_hidden_states is not None or attention_mask is not None:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        hidden_states, residual, shape = enter_layer(attn, hidden_states, temb)
         batch, n_tokens, _ = hidden_states.shape
         groups = views.groups
         if batch % groups:
             raise ValueError(f"hidden_states: a batch of {batch} rows is not whole branches of {groups} groups")
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         heads = attn.heads
 
         def split(x):  # (batch, N, heads·D) → (branches, heads, groups, N, D)
@@ -104,9 +97,4 @@ class CrossViewProcessor:
         if projection is not None:  # plain self-attention plus the (trainable) cross-view part
             own = torch.arange(groups, device=query.device)[:, None]
             out = merge(neighbour_attention(query, key, value, own)) + projection(out)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return leave_layer(attn, out, residual, shape)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from attention_processors.controller import AttentionController
+from attention_processors.tokens import enter_layer, leave_layer
 from attention_processors.regions import CachedKeys
 from kernels import backend_for, gather_segments, needs_grad, region_attention
 from kernels.region import token_major
@@ -38,16 +39,8 @@ class MultiQueryDisentangledProcessor:
         regions = self.controller.regions
         if encoder_hidden_states is None or regions is None:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        hidden_states, residual, shape = enter_layer(attn, hidden_states, temb)
         batch, n_tokens, _ = hidden_states.shape
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         if encoder_hidden_states.shape[1] != regions.n_regions * regions.segment_length:
             raise ValueError(f"encoder_hidden_states: expected {regions.n_regions} prompts × {regions.segment_length} "
                              f"tokens, got {encoder_hidden_states.shape[1]} tokens")
@@ -77,12 +70,7 @@ class MultiQueryDisentangledProcessor:
             plain = F.scaled_dot_product_attention(query[:shared], *cached.shared, attn_mask=first)
             out = torch.cat([plain, out.to(plain.dtype)])
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return leave_layer(attn, out, residual, shape)
 
     def _segments(self, cached: CachedKeys, query, plan):
         """Each chunk's keys and values for the torch path, gathered once per layer, plan and query

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from attention_processors.controller import AttentionController
+from attention_processors.tokens import enter_layer, leave_layer
 from kernels import blended_attention, neighbour_attention
 
 
@@ -33,16 +34,8 @@ class MultiViewProcessor:
         if encoder_hidden_states is not None or attention_mask is not None or not self._active():
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         c = self.controller
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        hidden_states, residual, shape = enter_layer(attn, hidden_states, temb)
         batch, n_tokens, _ = hidden_states.shape
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         heads = attn.heads
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         head_dim = query.shape[-1] // heads
@@ -80,9 +73,4 @@ class MultiViewProcessor:
             out = blended_attention(q, k, v, q_hat, w)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        out = attn.to_out[1](attn.to_out[0](merge(out).to(query.dtype)))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return leave_layer(attn, merge(out).to(query.dtype), residual, shape)

@@ -23,3 +23,30 @@ def token_grid(latent_size: tuple[int, int], n_tokens: int) -> tuple[int, int]:
     if h * w != n_tokens:
         raise ValueError(f"cannot place {n_tokens} tokens on a grid over a {height}×{width} latent")
     return h, w
+
+
+def enter_layer(attn, hidden_states, temb=None):
+    """diffusers' processor preamble: the spatial norm, a (B, C, H, W) map to (B, N, C) tokens, the group
+    norm. Returns (tokens, residual, the map's shape or None) for `leave_layer`."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = None
+    if hidden_states.ndim == 4:
+        shape = hidden_states.shape
+        batch, channel, height, width = shape
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, residual, shape
+
+
+def leave_layer(attn, out, residual, shape):
+    """diffusers' processor epilogue: the output projection and dropout, the map's shape back, the
+    residual, the output rescaling. out: (B, N, heads·D) attention output."""
+    out = attn.to_out[1](attn.to_out[0](out))
+    if shape is not None:
+        out = out.transpose(-1, -2).reshape(shape)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
