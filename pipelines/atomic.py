@@ -5,6 +5,7 @@ the target as it was and no temporary folder behind."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import uuid
 from pathlib import Path
@@ -38,3 +39,12 @@ def writing_folder(target: str | Path):
         replace_folder(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks: what done.json and session manifests record."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

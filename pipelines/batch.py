@@ -36,7 +36,6 @@ the same bits).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -51,6 +50,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from pipelines.atomic import sha256_file
 
 KINDS = ("layered_edit", "multiview_edit", "driving_video")
 BUILT = KINDS
@@ -114,14 +115,6 @@ def _job(data, line: int) -> Job:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise JobError(f"line {line}.seed: expected an integer in 0..2^63 − 1, got {seed!r}")
     return Job(job_id, kind, seed, {k: v for k, v in data.items() if k not in ("id", "kind", "seed")}, line)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict:
@@ -243,7 +236,7 @@ class Runner:
 def finish(job: Job, folder: Path, target: Path, seconds: float, process: int = 0) -> None:
     """done.json (arguments, seed, versions, seconds, the process that ran it, outputs with their sha256),
     then the rename."""
-    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     done = {"id": job.id, "kind": job.kind, "seed": job.seed, "args": job.args, "seconds": seconds,
             "process": process, "versions": versions(), "outputs": files}
     (folder / "done.json").write_text(json.dumps(done, indent=1))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipelines.atomic import sha256_file
 from pipelines.conditioning import UnknownWordsWarning
 from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, SessionError, prepare_mask
 from pipelines.layered_edit import session_format
@@ -101,7 +102,7 @@ def _edit_memory(folder, change):
     tensors = load_file(folder / "memory.safetensors")
     change(tensors)
     save_file(tensors, folder / "memory.safetensors")
-    _edit_manifest(folder, lambda m: m.update(memory_sha256=session_format._sha256(folder / "memory.safetensors")))
+    _edit_manifest(folder, lambda m: m.update(memory_sha256=sha256_file(folder / "memory.safetensors")))
 
 
 @pytest.mark.parametrize("change, message", [

@@ -8,7 +8,6 @@ A bad argument or layout is one line naming the field and exit code 2; tqdm show
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -46,10 +45,11 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    from pipelines.loading import ModelLoadError, check_device, load_controlnet, load_pipeline
+    from pipelines.cli_errors import user_errors
+    from pipelines.loading import check_device, load_controlnet, load_pipeline
 
     out = Path(args.out)
-    try:
+    with user_errors():
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             raise ValueError(f"out: {str(out)!r} exists and is not empty; choose a new folder, or pass --overwrite")
         if args.layout:
@@ -64,10 +64,4 @@ def main(argv=None) -> None:
                       overlap=args.overlap, num_inference_steps=args.steps,
                       generator=torch.Generator().manual_seed(args.seed or 0))
         write_video(result.frames, result.camera_names, layout, out, fps=args.fps)
-    except (ValueError, ModelLoadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        print(f"error: could not read or write a file: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {len(result.frames)} frames × {len(result.camera_names)} cameras to {out}")

@@ -9,7 +9,6 @@ beside it becomes --out when every edit is done. An existing, non-empty --out is
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -205,14 +204,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
     args = parser.parse_args(argv)
-    from pipelines.loading import ModelLoadError
+    from pipelines.cli_errors import user_errors
 
-    try:
+    with user_errors():
         session = run(load_script(args.script), Path(args.out), args.model, args.overwrite, args.device, args.dtype)
-    except (ValueError, ModelLoadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        print(f"error: could not read or write a file: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {len(session.layers)} layers to {args.out}")

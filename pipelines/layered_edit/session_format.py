@@ -10,7 +10,6 @@ anything becomes a session, and refuses oversized manifests and layer counts bef
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from formats.jsonfile import read_json
-from pipelines.atomic import writing_folder
+from pipelines.atomic import sha256_file, writing_folder
 from pipelines.layered_edit.settings import KINDS, EditSettings, Layer, check_seed
 
 SESSION_FORMAT = "strata-layered-session"
@@ -36,14 +35,6 @@ MAX_MANIFEST_BYTES = 1 << 20
 
 class SessionError(ValueError):
     """A session folder that is missing, corrupt or not a Strata session."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_session_folder(folder: Path) -> bool:
@@ -71,7 +62,7 @@ def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer]
             tensors[f"layer{i}.{name}"] = torch.from_numpy(np.packbits(mask, axis=None))
     with writing_folder(folder) as partial:
         save_file(tensors, partial / MEMORY)
-        manifest["memory_sha256"] = _sha256(partial / MEMORY)
+        manifest["memory_sha256"] = sha256_file(partial / MEMORY)
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return folder
 
@@ -100,7 +91,7 @@ def load_session(pipe, folder: str | Path) -> tuple[EditSettings, list[Layer]]:
         raise SessionError(f"{MANIFEST}.layers: expected 1 to {MAX_LAYERS} layers, got "
                            f"{len(entries) if isinstance(entries, list) else type(entries).__name__}")
     entries = [_entry(e, i) for i, e in enumerate(entries)]
-    if version >= 3 and manifest.get("memory_sha256") != _sha256(memory_path):
+    if version >= 3 and manifest.get("memory_sha256") != sha256_file(memory_path):
         raise SessionError(f"{MEMORY}: corrupt, or from another save (its hash does not match {MANIFEST})")
     try:
         tensors = load_file(memory_path)

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.loading import ModelLoadError, check_device, load_controlnet, load_pipeline
+from pipelines.cli_errors import user_errors
+from pipelines.loading import check_device, load_controlnet, load_pipeline
 from pipelines.multiview_edit.dataset import parse_edit, read_control_maps, read_views, write_views
+from pipelines.multiview_edit.pipeline import MultiViewEditPipeline
 from qnerf import FitSettings
 
 METHODS = {"guidance": dict(injection="guidance"), "blend": dict(injection="blend"),
@@ -132,40 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controlnet", default="embedded")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    try:
+    with user_errors():
         if args.steps < 1 or args.interval < 1 or args.fit_seconds <= 0 or not 2 <= args.views <= 64:
             raise ValueError("--steps/--interval/--fit-seconds/--views: expected positive numbers (2..64 views)")
         device = check_device(args.device)
-        inputs, extra = prepare(args, channels=4)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        pipe = load_pipeline(args.model, _pipeline_class(), device=device,
+        inputs, extra = prepare(args, channels=4)  # every field checked before the model loads
+        pipe = load_pipeline(args.model, MultiViewEditPipeline, device=device,
                              controlnet=load_controlnet(args.controlnet))
-    except ModelLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
 
-    def report(step, result, rendered):
-        print(f"step {step}: QNeRF fit {result.seconds:.1f} s, {result.iterations} iterations, loss {result.loss:.3f}",
-              file=sys.stderr)
-    start = time.perf_counter()
-    try:
+        def report(step, result, rendered):
+            print(f"step {step}: QNeRF fit {result.seconds:.1f} s, {result.iterations} iterations, "
+                  f"loss {result.loss:.3f}", file=sys.stderr)
+        start = time.perf_counter()
         out = pipe(**inputs, num_inference_steps=args.steps, interval=args.interval,
                    fit_settings=FitSettings(max_seconds=args.fit_seconds, progress=True),
                    generator=torch.Generator().manual_seed(args.seed), interval_callback=report, **METHODS[args.method])
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    write_views(args.out, out.images, inputs["cameras"], extra=extra,
-                files={"grid.png": grid_png(inputs["images"], out.images)})
+        write_views(args.out, out.images, inputs["cameras"], extra=extra,
+                    files={"grid.png": grid_png(inputs["images"], out.images)})
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in out.seconds.items())
     print(f"wrote {args.out} ({len(out.images)} views, {time.perf_counter() - start:.1f} s: {stages})")
     return 0
-
-
-def _pipeline_class():
-    from pipelines.multiview_edit.pipeline import MultiViewEditPipeline
-
-    return MultiViewEditPipeline
