@@ -43,9 +43,8 @@ from pipelines.multiview_edit.cli import apply_orbit_edit, orbit_inputs
 from qnerf import FieldConfig, FitSettings, fit_queries, render_queries
 from world.geometry import SHADING
 from world.oracle import read_image
-from world.orbit import render_orbit, sample_orbit_spec
+from world.orbit import example_edit, render_orbit, sample_orbit_spec
 from world.reproject import consistency
-from world.vocab import COLOURS
 
 SCENES_PER_SEED = 10_000
 METHODS = {"Strata, QNeRF guidance": dict(injection="guidance"),
@@ -56,16 +55,6 @@ TRUTH = "ground-truth renders"
 BASELINE = "independent (ControlNet + KV)"
 MIN_PIXELS = 20
 RGB_SIZE = 32
-
-
-def scene_edit(k: int, spec) -> dict:
-    kind = k % 3
-    if kind == 0:
-        return {"object": 0, "move": [0.6, 0.0]}
-    if kind == 1:
-        return {"object": 0, "scale": 1.4}
-    used = {o.colour for o in spec.objects}
-    return {"object": 0, "colour": next(c for c in COLOURS if c not in used)}
 
 
 def edit_success(images: np.ndarray, edited_views, colour: str) -> float:
@@ -126,7 +115,7 @@ def bench(pipe, args) -> dict:
     names = [*methods, TRUTH]
     for k in tqdm(range(args.scenes), desc="scenes"):
         spec = replace(sample_orbit_spec(SCENES_PER_SEED * args.seed + k), n_cameras=16)
-        edit = scene_edit(k, spec)
+        edit = example_edit(spec, k)
         inputs = orbit_inputs(spec, edit)
         edited_all = render_orbit(apply_orbit_edit(spec, edit))
         train = list(range(0, 16, 2))

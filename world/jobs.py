@@ -30,15 +30,9 @@ def edit_script(seed: int, masks: Path, prefix: str) -> dict:
 
 def orbit_edit(seed: int) -> dict:
     """Move, scale or recolour (to a colour not in the scene) object 0 of orbit scene `seed`."""
-    from world.orbit import sample_orbit_spec
-    from world.vocab import COLOURS
+    from world.orbit import example_edit, sample_orbit_spec
 
-    if seed % 3 == 0:
-        return {"object": 0, "move": [0.6, 0.0]}
-    if seed % 3 == 1:
-        return {"object": 0, "scale": 1.4}
-    used = {o.colour for o in sample_orbit_spec(seed).objects}
-    return {"object": 0, "colour": next(c for c in COLOURS if c not in used)}
+    return example_edit(sample_orbit_spec(seed), seed)
 
 
 def write_jobs(seeds, kind: str, folder: Path) -> Path:

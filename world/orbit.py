@@ -155,6 +155,17 @@ def recolour_object(spec: OrbitSpec, index: int, colour: str) -> OrbitSpec:
     return replace(spec, objects=spec.objects[:index] + (replace(obj, colour=colour),) + spec.objects[index + 1:])
 
 
+def example_edit(spec: OrbitSpec, kind: int) -> dict:
+    """The edit the benchmark and batch jobs give a scene (the edit JSON of `pipelines.multiview_edit`):
+    kind 0 moves object 0 by 0.6 m, 1 scales it by 1.4, 2 recolours it to a colour not in the scene."""
+    if kind % 3 == 0:
+        return {"object": 0, "move": [0.6, 0.0]}
+    if kind % 3 == 1:
+        return {"object": 0, "scale": 1.4}
+    used = {o.colour for o in spec.objects}
+    return {"object": 0, "colour": next(c for c in COLOURS if c not in used)}
+
+
 def control_map(view: RenderedView, max_depth: float = 12.0) -> np.ndarray:
     """A (H, W, 4) float control image in [0, 1]: layout colours, then inverse-ish depth (near = 1)."""
     depth = np.where(np.isfinite(view.depth), np.clip(1 - view.depth / max_depth, 0, 1), 0.0)
