@@ -4,6 +4,10 @@ Each browser tab holds only a key (in gr.State); the sessions live here. When th
 new session takes the place of the one idle longest, but only if it has been idle at least
 `evict_after` seconds: sessions in use are never evicted (the newcomer is told to try again), and a
 user whose session was evicted is told so, not that it never existed.
+
+A scene replaced by a new one (a new scene, "New session") is not lost: the store keeps the one scene
+it replaced beside it (`replace`), and `swap` trades the two, so the app's Undo past a new scene's
+first step brings the old one back and Redo returns to the new one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class SessionStore:
     clock: callable = time.monotonic
     _sessions: dict = field(default_factory=dict)  # key → (session, last used)
     _closed: OrderedDict = field(default_factory=OrderedDict)  # key → why, for the last few closed
+    _other: dict = field(default_factory=dict)  # key → (scene replaced or undone from, "back"|"forward", when)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, key: str | None):
@@ -59,18 +64,56 @@ class SessionStore:
             self._sessions[key] = (session, self.clock())
             self._closed.pop(key, None)
 
+    def replace(self, key: str, session) -> None:
+        """Put session (None: no scene) in place of key's scene, keeping the one it replaces for `swap`
+        ("back", where Undo finds it). Replacing nothing keeps what was kept before."""
+        with self._lock:
+            old = self._sessions.get(key, (None,))[0]
+        if session is not None:
+            self.put(key, session)
+        with self._lock:
+            if session is None:
+                self._sessions.pop(key, None)
+            if old is not None:
+                self._other[key] = (old, "back", self.clock())
+
+    def other(self, key: str | None) -> str | None:
+        """Where the kept scene lies: "back" (Undo brings it), "forward" (Redo does), or None."""
+        with self._lock:
+            return self._other[key][1] if key in self._other else None
+
+    def swap(self, key: str) -> None:
+        """Make the kept scene key's scene, and keep the current one (if any) on the other side."""
+        with self._lock:
+            kept, side, _ = self._other.pop(key)
+            current = self._sessions.pop(key, (None,))[0]
+            self._sessions[key] = (kept, self.clock())
+            self._closed.pop(key, None)
+            if current is not None:
+                self._other[key] = (current, "forward" if side == "back" else "back", self.clock())
+
+    def forget_forward(self, key: str | None) -> None:
+        """A new edit: a scene Redo could bring back is gone, as redo history is after any edit."""
+        with self._lock:
+            if key in self._other and self._other[key][1] == "forward":
+                del self._other[key]
+
     def drop(self, key: str | None) -> None:
         with self._lock:
             self._sessions.pop(key, None)
+            self._other.pop(key, None)
 
     def _expire(self) -> None:
         now = self.clock()
         for key in [k for k, (_, used) in self._sessions.items() if now - used > self.idle_seconds]:
             self._close(key, f"session: closed after {self.idle_seconds / 60:.0f} min without use; start a new "
                              f"scene, or upload a session you downloaded")
+        for key in [k for k, (_, _, kept) in self._other.items() if k not in self._sessions and now - kept > self.idle_seconds]:
+            del self._other[key]  # a kept scene of a page left blank ("New session") and then idle
 
     def _close(self, key, why: str) -> None:
         del self._sessions[key]
+        self._other.pop(key, None)
         self._closed[key] = why
         while len(self._closed) > 4 * self.max_sessions:
             self._closed.popitem(last=False)

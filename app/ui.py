@@ -20,15 +20,23 @@ import gradio as gr
 from app.driving import DrivingTab, build_driving_tab
 from app.multiview import MultiViewTab, build_multiview_tab
 from app.files import WorkFolder
-from app.layered import LayeredTab, _warn, build_layered_tab
+from app.layered import SHORTCUTS, LayeredTab, _warn, build_layered_tab
 from app.models import ModelCache
 from app.sessions import SessionStore
 from kernels import region_cpp
 from pipelines.layered_edit import EditSettings, LayeredEditPipeline
 from pipelines.loading import EMBEDDED
 
-# Scenes are small: show them enlarged with hard pixel edges.
-CSS = "#composite img, #layers img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+# Scenes are small: show them enlarged with hard pixel edges. Gallery thumbnails keep their own box
+# (no overflow) and captions wrap instead of being cut ("1: a red ci…"); the status line stands out.
+CSS = """
+#composite img, #layers img, #mask-preview img { image-rendering: pixelated; }
+#composite img, #mask-preview img { width: 100%; height: 100%; object-fit: contain; }
+#layers .thumbnail-item img { object-fit: contain; }
+#layers .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
+#message { font-size: 1.05em; }
+@media (max-width: 700px) { #mask-editor { max-width: 100%; } }
+"""
 
 
 def load_model(models: ModelCache, label: str) -> str:
@@ -77,5 +85,6 @@ def build_app(model: str | list[str] = EMBEDDED, store: SessionStore | None = No
 
 def launch_options(demo: gr.Blocks) -> dict:
     """What every launch of the app passes: its CSS, Gradio's own errors shown as messages, and an
-    upload limit that holds the largest session this app can save (at its model's size)."""
-    return {"css": CSS, "show_error": True, "max_file_size": demo.strata.session_bytes()}
+    upload limit that holds the largest session this app can save (at its model's size), and the
+    keyboard shortcuts for Undo / Redo."""
+    return {"css": CSS, "head": SHORTCUTS, "show_error": True, "max_file_size": demo.strata.session_bytes()}

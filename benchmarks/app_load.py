@@ -74,13 +74,15 @@ def main(argv=None) -> dict:
         client = Client(url, verbose=False)
         try:
             start = time.perf_counter()
-            *_, message = client.predict(demo.strata.models.default, "an empty scene of grass", i, api_name="/start_from_prompt")
+            message = client.predict(demo.strata.models.default, "an empty scene of grass", i,
+                                     api_name="/start_from_prompt")[3]
             with lock:
                 latencies["start scene"].append(time.perf_counter() - start)
             for k in range(args.edits):
                 editor = {"background": None, "layers": [handle_file(strokes[k])], "composite": None, "id": None}
                 start = time.perf_counter()
-                *_, gallery, message = client.predict(editor, "a red circle", 10 * i + k, False, api_name="/add_layer")
+                _, _, gallery, message, *_ = client.predict(editor, "a red circle", 10 * i + k, False,
+                                                            api_name="/add_layer")
                 with lock:
                     latencies["add layer"].append(time.perf_counter() - start)
                 if message.startswith("⚠️") or len(gallery) != k + 2:

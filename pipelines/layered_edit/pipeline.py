@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -337,16 +338,18 @@ class LayeredEditPipeline(DiffusionPipeline):
     # -- a real image as layer 0
 
     @torch.no_grad()
-    def invert(self, image: np.ndarray, prompt: str = "", num_inference_steps: int = 20) -> torch.Tensor:
+    def invert(self, image: np.ndarray, prompt: str = "", num_inference_steps: int = 20,
+               callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """DDIM inversion of an (H, W, 3) uint8 image: the trajectory (steps + 1, C, h, w) that this
-        pipeline's scheduler denoises back to the image's latents (conditioned on prompt, no guidance)."""
+        pipeline's scheduler denoises back to the image's latents (conditioned on prompt, no guidance).
+        callback(steps done, steps in all) after each step (an app's progress bar; it may raise to stop)."""
         height, width = image.shape[:2]
         self.check_size(height, width)
         device = self._execution_device
         cond = self.encode_prompt([prompt], "", height, width, device).rows(slice(1, 2))  # the prompt's row
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         trajectory = ddim_inversion(lambda z, t: self.predict(z, t, cond), self.encode_image(image), self.scheduler,
-                                    num_inference_steps, progress=lambda steps: self.progress_bar(steps))
+                                    num_inference_steps, progress=lambda steps: _reporting(self.progress_bar(steps), callback))
         self.maybe_free_model_hooks()
         return trajectory
 
@@ -360,3 +363,14 @@ class LayeredEditPipeline(DiffusionPipeline):
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         steps = [self.scheduler.add_noise(latents, noise, t[None])[0] for t in self.scheduler.timesteps]
         return torch.stack(steps + [latents[0]])
+
+
+def _reporting(steps, callback):
+    """steps, calling callback(k, len(steps)) once the k-th step is done (when it asks for the next)."""
+    total = len(steps)
+    for k, step in enumerate(steps):
+        if callback is not None and k:
+            callback(k, total)
+        yield step
+    if callback is not None and total:
+        callback(total, total)

@@ -51,6 +51,14 @@ class LayeredSession:
             raise ValueError("session: no scene yet; start one from a prompt or an image")
         return self.layers[-1].image
 
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
     def layer_images(self) -> list[np.ndarray]:
         return [layer.image for layer in self.layers]
 
@@ -63,7 +71,8 @@ class LayeredSession:
     # -- changing (each validates first, so a bad call changes nothing)
 
     def _commit(self, layers: list[Layer]) -> None:
-        self._undo.append(self.layers)
+        if self.layers:  # undo never goes back past the first scene to an empty session
+            self._undo.append(self.layers)
         self._redo.clear()
         self.layers = layers
 
@@ -75,7 +84,8 @@ class LayeredSession:
         self._commit([Layer(prompt, seed, full, "prompt", out.trajectory, out.images[0], full, np.zeros_like(full))])
         return self.composite
 
-    def start_from_image(self, image, prompt: str = "", method: str = "inversion", seed: int = 0) -> np.ndarray:
+    def start_from_image(self, image, prompt: str = "", method: str = "inversion", seed: int = 0,
+                         callback=None) -> np.ndarray:
         if method not in ("inversion", "noise"):
             raise ValueError(f"method: expected 'inversion' or 'noise', got {method!r}")
         if not isinstance(prompt, str):
@@ -83,7 +93,7 @@ class LayeredSession:
         seed = check_seed(seed)
         image = _check_image(image, self.settings)
         if method == "inversion":
-            trajectory = self.pipe.invert(image, prompt, self.settings.steps)
+            trajectory = self.pipe.invert(image, prompt, self.settings.steps, callback=callback)
         else:
             trajectory = self.pipe.forward_noise(image, self.settings.steps, _generator(seed))
         full = np.ones(image.shape[:2], dtype=bool)
@@ -99,14 +109,15 @@ class LayeredSession:
         self._commit(self.layers + [self._render_object(self.layers, prompt, mask, seed, callback)])
         return self.composite
 
-    def remove_layer(self, index: int) -> np.ndarray:
+    def remove_layer(self, index: int, callback=None) -> np.ndarray:
         self._check_index(index)
         if index == 0:
             raise ValueError("layer: the background (layer 0) cannot be removed; start a new scene instead")
-        self._commit(self._replay(self.layers[:index], self.layers[index:]))
+        self._commit(self._replay(self.layers[:index], self.layers[index:], callback))
         return self.composite
 
-    def edit_layer(self, index: int, prompt: str | None = None, mask=None, seed: int | None = None) -> np.ndarray:
+    def edit_layer(self, index: int, prompt: str | None = None, mask=None, seed: int | None = None,
+                   callback=None) -> np.ndarray:
         self._check_index(index)
         old = self.layers[index]
         prompt = old.prompt if prompt is None else _check_prompt(prompt)
@@ -116,12 +127,13 @@ class LayeredSession:
                 raise ValueError("mask: the background covers the whole image; it has no mask to edit")
             if old.kind != "prompt":
                 raise ValueError("layer: a background from an image cannot be re-prompted; start a new scene")
-            out = self.pipe(prompt, generator=_generator(seed), **self._call_settings())
+            out = self.pipe(prompt, generator=_generator(seed), callback_on_step_end=_progress(callback, self.settings),
+                            **self._call_settings())
             first = [replace(old, prompt=prompt, seed=seed, trajectory=out.trajectory, image=out.images[0])]
         else:
             new_mask = old.rough_mask if mask is None else prepare_mask(mask, self.settings.height, self.settings.width)
-            first = self.layers[:index] + [self._render_object(self.layers[:index], prompt, new_mask, seed)]
-        self._commit(self._replay(first, self.layers[index:]))
+            first = self.layers[:index] + [self._render_object(self.layers[:index], prompt, new_mask, seed, callback)]
+        self._commit(self._replay(first, self.layers[index:], callback))
         return self.composite
 
     def undo(self) -> np.ndarray | None:
@@ -175,7 +187,7 @@ class LayeredSession:
         image = composite(below[-1].image, new, alpha)
         return Layer(prompt, seed, mask, "object", trajectory, image, edit, object_pixels(below[-1].image, image))
 
-    def _replay(self, kept: list[Layer], old: list[Layer]) -> list[Layer]:
+    def _replay(self, kept: list[Layer], old: list[Layer], callback=None) -> list[Layer]:
         """Bring the layers after kept up to date. old[0] is the layer kept's last one replaces (or the
         removed one), old[1:] the later layers, in order. A later layer whose dilated rough mask sees
         no changed pixel below it is carried over: its pixels are exact (the composite there depends
@@ -183,7 +195,7 @@ class LayeredSession:
         The others are brought up to date as `settings.replay` says: from memory (their own object's
         latents on the new scene, the last harmonize steps re-run; the result is used only near what
         changed below — within 2·dilate_px, feathered — and farther away the layer's pixels stay exact)
-        or re-run from their seeds."""
+        or re-run from their seeds. callback(step, steps) reports each re-rendered layer's steps."""
         layers = list(kept)
         s = self.settings
         for before, layer in zip(old, old[1:]):
@@ -191,7 +203,7 @@ class LayeredSession:
             region = overlay_alpha(layer.rough_mask, s.dilate_px) > 0
             if (changed & region).any():
                 memory = layer if s.replay == "memory" else None
-                new = self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed, memory=memory)
+                new = self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed, callback, memory=memory)
                 if memory is not None:  # away from what changed below, its pixels stay as they were
                     image = composite(new.image, layer.image, carry_weight(changed, s.dilate_px) * region)
                     new = replace(new, image=image, object_mask=object_pixels(layers[-1].image, image))

@@ -35,11 +35,12 @@ def _png(path):
 
 
 def _message(result):
-    return result[-1]
+    """The status line of a view (editor, composite, layers, message, selected, preview), or of a file's."""
+    return result[3] if len(result) == 6 else result[-1]
 
 
 def _started(tab, key="k"):
-    _, _, gallery, message = tab.start_from_prompt(key, None, "an empty scene of grass", 0, progress=None)
+    message = _message(tab.start_from_prompt(key, None, "an empty scene of grass", 0, progress=None))
     assert not message.startswith("⚠️"), message
     return key
 
@@ -62,7 +63,7 @@ def _zip(entries: dict[str, bytes], path):
 
 
 @pytest.mark.parametrize("entries, message", [
-    ({"session.json": b"{}", "memory.safetensors": b"\0" * (3 << 20)}, "unpacked, more than this server takes"),
+    ({"session.json": b"{}", "memory.safetensors": b"\0" * (40 << 20)}, "unpacked, more than this server takes"),
     ({"session.json": b"{}"}, "expected exactly session.json and memory.safetensors"),
     ({"session.json": b"{}", "memory.safetensors": b"", "model_index.json": b"{}"}, "expected exactly"),
     ({"../session.json": b"{}", "memory.safetensors": b""}, "expected exactly"),
@@ -158,12 +159,15 @@ def test_bad_values_from_the_ui_are_messages(tab, tmp_path, call, message):
     assert len(tab.store.get("k").layers) == layers
 
 
-def test_export_and_download_after_undoing_everything_say_so(tab):
-    """Found: Download wrote a zip that Upload then refused (undo past the scene leaves 0 layers)."""
+def test_undo_stops_at_the_first_scene_and_its_download_resumes(tab):
+    """Found: undo past the scene left 0 layers (a blank page, no message), and Download then wrote a
+    zip that Upload refused."""
     _started(tab)
-    tab.undo("k")
-    for file, message in (tab.download_session("k"), tab.export_png("k")):
-        assert file is None and "nothing to save" in message
+    assert "nothing to undo" in _message(tab.undo("k"))
+    assert len(tab.store.get("k").layers) == 1
+    file, message = tab.download_session("k")
+    assert file and "saved" in message
+    assert "resumed: 1 layers" in _message(tab.upload_session("other", None, file))
 
 
 def test_a_page_load_does_not_copy_the_sessions_and_models(live_app):
@@ -185,7 +189,7 @@ def test_a_client_that_disconnects_mid_generation_loses_nothing(live_app, tmp_pa
     job.cancel()
     client.close()
     other = Client(url, verbose=False)
-    *_, message = other.predict(model, "an empty scene of snow", 6, api_name="/start_from_prompt")
+    message = other.predict(model, "an empty scene of snow", 6, api_name="/start_from_prompt")[3]
     assert not message.startswith("⚠️")
     assert demo.strata.models.generation.acquire(timeout=60)
     demo.strata.models.generation.release()

@@ -22,32 +22,33 @@ def _editor(tmp_path, name="stroke.png", box=(8, 40, 8, 40)):
 def test_scene_layer_remove_undo_save_resume(live_app, tmp_path):
     _, url, model = live_app
     client = Client(url, verbose=False)
-    editor, composite, gallery, message = client.predict(model, "an empty scene of grass", 0, api_name="/start_from_prompt")
+    editor, composite, gallery, message, *_ = client.predict(model, "an empty scene of grass", 0, api_name="/start_from_prompt")
     before = _image(composite)
     assert before.shape == (SIZE, SIZE, 3) and len(gallery) == 1
     box = (8, 40, 8, 40)  # display pixels: image pixels 2..10
-    _, composite, gallery, message = client.predict(_editor(tmp_path, box=box), "a red circle", 1, False, api_name="/add_layer")
+    _, composite, gallery, message, *_ = client.predict(_editor(tmp_path, box=box), "a red circle", 1, False, api_name="/add_layer")
     after = _image(composite)
     mask = np.zeros((SIZE, SIZE), bool)
     mask[2:10, 2:10] = True
     outside = overlay_alpha(mask, SETTINGS.dilate_px) == 0
     np.testing.assert_array_equal(after[outside], before[outside])
     assert (after[mask] != before[mask]).any() and len(gallery) == 2
-    _, composite, gallery, _ = client.predict(1, api_name="/remove_layer")
+    _, composite, gallery, *_ = client.predict(1, api_name="/remove_layer")
     np.testing.assert_array_equal(_image(composite), before)
-    _, composite, gallery, _ = client.predict(api_name="/undo")
+    _, composite, gallery, *_ = client.predict(api_name="/undo")
     np.testing.assert_array_equal(_image(composite), after)
-    _, composite, _, _ = client.predict(1, "re-draw them from their seeds", api_name="/remove_layer")
+    _, composite, *_ = client.predict(1, "re-draw them from their seeds", api_name="/remove_layer")
     np.testing.assert_array_equal(_image(composite), before)
-    _, composite, gallery, _ = client.predict(api_name="/undo")
+    _, composite, gallery, *_ = client.predict(api_name="/undo")
     archive, message = client.predict(api_name="/download_session")
     assert zipfile.ZipFile(archive).namelist()
     other = Client(url, verbose=False)
-    _, composite, gallery, _ = other.predict(model, handle_file(archive), api_name="/upload_session")
+    _, composite, gallery, *_ = other.predict(model, handle_file(archive), api_name="/upload_session")
     np.testing.assert_array_equal(_image(composite), after)
     assert len(gallery) == 2
     exported, _ = client.predict(api_name="/export_png")
-    assert sorted(zipfile.ZipFile(exported).namelist()) == ["composite.png", "layer_00.png", "layer_01.png"]
+    assert sorted(zipfile.ZipFile(exported).namelist()) == ["composite.png", "composite_large.png", "layer_00.png",
+                                                            "layer_01.png", "mask_01.png"]
 
 
 def test_two_clients_never_see_each_others_layers(live_app, tmp_path):
@@ -67,27 +68,27 @@ def test_two_clients_never_see_each_others_layers(live_app, tmp_path):
         t.join()
     assert len(results["a"][2]) == 2 and len(results["b"][2]) == 2
     assert "sand" in results["a"][2][0]["caption"] and "snow" in results["b"][2][0]["caption"]
-    _, composite_b, gallery_b, _ = b.predict(1, api_name="/remove_layer")
-    _, composite_a, gallery_a, _ = a.predict(api_name="/undo")  # a's own history, untouched by b
+    _, composite_b, gallery_b, *_ = b.predict(1, api_name="/remove_layer")
+    _, composite_a, gallery_a, *_ = a.predict(api_name="/undo")  # a's own history, untouched by b
     assert len(gallery_b) == 1 and len(gallery_a) == 1
 
 
 def test_bad_input_gives_a_message_not_a_traceback(live_app, tmp_path):
     _, url, model = live_app
     client = Client(url, verbose=False)
-    *_, message = client.predict(_editor(tmp_path), "a red circle", 1, False, api_name="/add_layer")
+    message = client.predict(_editor(tmp_path), "a red circle", 1, False, api_name="/add_layer")[3]
     assert "no scene" in message
     client.predict(model, "an empty scene of road", 0, api_name="/start_from_prompt")
     empty = {"background": None, "layers": [], "composite": None, "id": None}
-    *_, message = client.predict(empty, "a red circle", 1, False, api_name="/add_layer")
+    message = client.predict(empty, "a red circle", 1, False, api_name="/add_layer")[3]
     assert "nothing drawn" in message
-    *_, message = client.predict(_editor(tmp_path), "   ", 1, False, api_name="/add_layer")
+    message = client.predict(_editor(tmp_path), "   ", 1, False, api_name="/add_layer")[3]
     assert "prompt" in message
-    *_, message = client.predict(7, api_name="/remove_layer")
+    message = client.predict(7, api_name="/remove_layer")[3]
     assert "no layer 7" in message
     bad_zip = tmp_path / "bad.zip"
     bad_zip.write_bytes(b"not a zip")
-    *_, message = client.predict(model, handle_file(bad_zip), api_name="/upload_session")
+    message = client.predict(model, handle_file(bad_zip), api_name="/upload_session")[3]
     assert "⚠️" in message
     try:  # a client cannot name a folder of its own: only the operator's models are offered
         message = client.predict(str(tmp_path), api_name="/load_model")
@@ -107,4 +108,4 @@ def test_oversized_upload_is_refused_with_a_message(live_app, tmp_path):
     except Exception as err:  # gradio refuses the upload itself; the browser shows its message
         assert "size" in str(err).lower() or "large" in str(err).lower(), err
     else:
-        assert "⚠️" in result[-1]
+        assert "⚠️" in result[3]

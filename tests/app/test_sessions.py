@@ -63,3 +63,33 @@ def test_steady_use_keeps_a_session_alive_past_the_idle_limit():
     for minute in range(1, 120):
         clock.now = 60 * minute
         assert store.get("k") is not None
+
+
+def test_a_replaced_scene_is_kept_for_undo_and_redo_and_ends_with_the_session():
+    """Guards: a new scene (or New session) silently discarding the one it replaced."""
+    clock = Clock()
+    store = SessionStore(idle_seconds=60, clock=clock)
+    a, b = FakeSession(), FakeSession(2)
+    store.replace("k", a)
+    assert store.other("k") is None  # nothing was replaced
+    store.replace("k", b)
+    assert store.get("k") is b and store.other("k") == "back"
+    store.swap("k")  # Undo
+    assert store.get("k") is a and store.other("k") == "forward"
+    store.swap("k")  # Redo
+    assert store.get("k") is b and store.other("k") == "back"
+    store.swap("k")
+    store.forget_forward("k")  # an edit after Undo: the newer scene is gone, as redo history is
+    assert store.get("k") is a and store.other("k") is None
+    store.replace("k", None)  # New session: a blank page, the scene kept
+    assert store.get("k") is None and store.other("k") == "back"
+    store.swap("k")
+    assert store.get("k") is a and store.other("k") is None
+    store.replace("k", None)
+    clock.now = 61  # a blank page left idle: its kept scene goes too
+    store.get("other")
+    assert store.other("k") is None
+    store.replace("k", a)
+    store.replace("k", b)
+    store.drop("k")
+    assert store.get("k") is None and store.other("k") is None
