@@ -31,6 +31,7 @@ from app.models import ModelCache
 from app.sessions import SessionGone, SessionStore
 from pipelines.conditioning import UnknownWordsWarning
 from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning
+from pipelines.layered_edit.session_format import session_model
 from pipelines.loading import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -324,25 +325,32 @@ class LayeredTab:
 
     def download_session(self, key):
         def write(session, folder):
-            session.save(folder / "session")
+            session.save(folder / "session", model=self.models.label_of(session.pipe))
             archive = shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
             shutil.rmtree(folder / "session")  # the zip is what the browser gets
             return archive
         return self._file(key, write, "Session saved: upload this zip later to resume.")
 
     def upload_session(self, key, model_name, file):
+        said = []
+
         def work(callback):
             if file is None:
                 raise ValueError("session: choose a session zip to upload")
             pipe = self.models.get(model_name, LayeredEditPipeline)
             with self.work.scratch() as folder:  # the unpacked upload is gone when the request ends
-                session = LayeredSession.load(pipe, unpack_session_zip(file, folder, self.session_bytes()))
+                unpacked = unpack_session_zip(file, folder, self.session_bytes())
+                session = LayeredSession.load(pipe, unpacked)
+                made_with = session_model(unpacked)
+            label = model_name or self.models.default
+            if made_with is not None and made_with != label:
+                said.append(f"It was made with the model {made_with!r}; it goes on with {label!r}.")
             if (session.settings.height, session.settings.width) != (self.settings.height, self.settings.width):
                 raise ValueError(f"session: made at {session.settings.width}×{session.settings.height}; this app "
                                  f"edits at {self.settings.width}×{self.settings.height}")
             return session
-        return self._run(key, work, done=lambda s: f"Session resumed: {len(s.layers)} layers. Undo brings back the "
-                                                   "scene it replaced.", replaces=True)
+        return self._run(key, work, done=lambda s: " ".join([f"Session resumed: {len(s.layers)} layers (its undo "
+                                                             "history is not saved)."] + said), replaces=True)
 
     def export_png(self, key):
         def write(session, folder):
@@ -530,6 +538,12 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
                 method = gr.Radio(list(IMAGE_METHODS), value=next(iter(IMAGE_METHODS)), label="Image to layer 0")
                 start_image = gr.Button("Start from image", elem_id="start-image")
             new = gr.Button("New session", elem_id="new-session")
+            with gr.Row():
+                save = gr.Button("Download session", min_width=120, size="sm")
+                export = gr.Button("Export PNGs", elem_id="export", min_width=120, size="sm")
+            files = gr.File(label="Files", interactive=False, elem_id="files", height=120)
+            with gr.Accordion("Resume a downloaded session", open=False):
+                resume = gr.File(label="Upload a session zip", file_types=[".zip"], type="filepath", height=120)
         with gr.Column(scale=2, min_width=320):
             # The brush is translucent, as inpainting tools draw it: the scene shows through the mask.
             editor = gr.ImageEditor(label="Paint a rough mask", type="numpy", image_mode="RGBA", sources=[],
@@ -557,11 +571,12 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
                 harmonize = gr.Slider(0, 1, value=s.harmonize, step=0.05,
                                       label="Harmonize (last fraction of steps that blend the seam)")
                 dilate = gr.Slider(0, 16, value=s.dilate_px, step=1, label="Dilate (pixels kept exact beyond the mask)")
-            gr.Examples(EXAMPLES, [layer_prompt, layer_seed, preset], label="Examples (start a scene first)")
+            gr.Examples(EXAMPLES, [layer_prompt, layer_seed, preset], label="Examples (start a scene first)",
+                        examples_per_page=4)
         with gr.Column(scale=1, min_width=280):
             composite = gr.Image(label="Composite", type="numpy", interactive=False, elem_id="composite",
                                  format="png", height=280)  # lossless: what you see is the session's pixels
-            layers = gr.Gallery(label="Layers: each one's own object (select one to remove or re-edit)", columns=2,
+            layers = gr.Gallery(label="Layers (select one)", columns=2,
                                 height="auto", elem_id="layers", format="png", object_fit="contain",
                                 allow_preview=False)
             with gr.Row():
@@ -571,13 +586,9 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
             with gr.Row():
                 remove = gr.Button("Remove layer", elem_id="remove-layer")
                 reedit = gr.Button("Re-edit layer (prompt and/or new mask)", elem_id="reedit-layer")
-            replay = gr.Radio(list(REPLAY_CHOICES), value=next(iter(REPLAY_CHOICES)),
-                              label="Later layers whose mask sees the change")
-    with gr.Row():
-        save = gr.Button("Download session")
-        export = gr.Button("Export PNGs", elem_id="export")
-        files = gr.File(label="Files", interactive=False, elem_id="files")
-        resume = gr.File(label="Upload a session zip to resume", file_types=[".zip"], type="filepath")
+            with gr.Accordion("When a layer is removed or re-edited", open=False):
+                replay = gr.Radio(list(REPLAY_CHOICES), value=next(iter(REPLAY_CHOICES)),
+                                  label="Later layers whose mask sees the change")
 
     view = [editor, composite, layers, message, selected, preview]
     shown = dict(show_progress_on=[message])  # one progress bar, on the status line

@@ -42,6 +42,11 @@ class ModelCache:
     def labels(self) -> list[str]:
         return list(self.sources)
 
+    def label_of(self, pipe: DiffusionPipeline) -> str | None:
+        """The label a loaded pipeline was loaded under (None: not one of ours)."""
+        with self._lock:
+            return next((label for (label, _), p in self._pipelines.items() if p is pipe), None)
+
     def get(self, label: str | None, pipeline_class: type[DiffusionPipeline]) -> DiffusionPipeline:
         label = label or self.default
         if label not in self.sources:

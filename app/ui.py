@@ -28,14 +28,16 @@ from pipelines.layered_edit import EditSettings, LayeredEditPipeline
 from pipelines.loading import EMBEDDED
 
 # Scenes are small: show them enlarged with hard pixel edges. Gallery thumbnails keep their own box
-# (no overflow) and captions wrap instead of being cut ("1: a red ci…"); the status line stands out.
+# (no overflow) and captions wrap instead of being cut ("1: a red ci…"); the status line stays in view
+# at the top of the window while the page scrolls (it was below the fold at 1400×1000, and on a phone).
 CSS = """
 #composite img, #layers img, #mask-preview img { image-rendering: pixelated; }
 #composite img, #mask-preview img { width: 100%; height: 100%; object-fit: contain; }
 #layers .thumbnail-item img { object-fit: contain; }
 #layers .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
-#message { font-size: 1.05em; }
-@media (max-width: 700px) { #mask-editor { max-width: 100%; } }
+#message { font-size: 1.05em; position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary);
+           padding: 4px 0; }
+@media (max-width: 700px) { #composite { display: none; } }  /* on a phone the editor shows the same picture */
 """
 
 

@@ -14,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
-CHROMIUM = "/usr/bin/chromium"
+from tests.app.chromium import CHROMIUM, CHROMIUM_ARGS
 
 
 def _free_port() -> int:
@@ -62,7 +60,7 @@ def main(argv=None) -> list[Path]:
     written = []
     try:
         with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-            context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS)
+            context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for name, viewport in (("app-desktop.png", {"width": 1400, "height": 1000}),
                                    ("app-phone.png", {"width": 390, "height": 844})):
                 page = context.new_page()
@@ -74,6 +72,8 @@ def main(argv=None) -> list[Path]:
                 target = args.out / name
                 tmp = target.with_suffix(".tmp.png")
                 page.screenshot(path=str(tmp), full_page=name == "app-desktop.png")
+                height = page.evaluate("() => document.documentElement.scrollHeight")
+                print(f"{name}: page {viewport['width']}×{height} px")
                 tmp.replace(target)  # all or nothing
                 written.append(target)
                 page.close()

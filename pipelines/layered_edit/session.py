@@ -222,9 +222,10 @@ class LayeredSession:
 
     # -- saving
 
-    def save(self, folder: str | Path) -> Path:
-        """A folder that `load` reads back bit-exact (format: `session_format`)."""
-        return save_session(folder, self.settings, self.layers, self.pipe.denoiser.config.in_channels)
+    def save(self, folder: str | Path, model: str | None = None) -> Path:
+        """A folder that `load` reads back bit-exact (format: `session_format`); model: the name of the
+        model that made it, recorded in session.json (an app's label, never a server path)."""
+        return save_session(folder, self.settings, self.layers, self.pipe.denoiser.config.in_channels, model)
 
     @classmethod
     def load(cls, pipe: LayeredEditPipeline, folder: str | Path) -> "LayeredSession":

@@ -41,10 +41,12 @@ def is_session_folder(folder: Path) -> bool:
     return (folder / MANIFEST).is_file() and (folder / MEMORY).is_file()
 
 
-def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer], latent_channels: int) -> Path:
-    """session.json (settings, layer prompts and seeds, the tensors' sha256) + memory.safetensors
-    (rough, edit and object masks, trajectories, images), written all or nothing. An existing
-    session at folder is replaced; an existing folder that is not a session is refused."""
+def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer], latent_channels: int,
+                 model: str | None = None) -> Path:
+    """session.json (settings, layer prompts and seeds, the tensors' sha256, and the model's name when
+    given) + memory.safetensors (rough, edit and object masks, trajectories, images), written all or
+    nothing. An existing session at folder is replaced; an existing folder that is not a session is
+    refused."""
     folder = Path(folder)
     if not layers:
         raise SessionError("session: nothing to save; start a scene first")
@@ -53,6 +55,8 @@ def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer]
     manifest = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "settings": settings.__dict__,
                 "latent_channels": int(latent_channels),
                 "layers": [{"prompt": l.prompt, "seed": check_seed(l.seed), "kind": l.kind} for l in layers]}
+    if model is not None:
+        manifest["model"] = str(model)
     json.dumps(manifest)  # a field JSON cannot write fails here, before anything is written
     tensors = {}
     for i, layer in enumerate(layers):
@@ -155,3 +159,13 @@ def _entry(entry, i: int) -> tuple[str, int, str]:
     except ValueError as err:
         raise SessionError(f"{where}.{err}") from None
     return prompt, seed, kind
+
+
+def session_model(folder: str | Path) -> str | None:
+    """The model name a saved session records (None: not recorded, or not a readable session)."""
+    try:
+        manifest = read_json(Path(folder) / MANIFEST, MANIFEST, MAX_MANIFEST_BYTES, SessionError)
+    except (SessionError, OSError):
+        return None
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    return model[:200] if isinstance(model, str) else None

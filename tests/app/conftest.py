@@ -1,5 +1,6 @@
 """A live app on 127.0.0.1 (free port) with a tiny random model, shared by the app tests."""
 
+import os
 import socket
 
 import numpy as np
@@ -11,6 +12,7 @@ from app.sessions import SessionStore
 from app.layered import DISPLAY
 from app.ui import build_app, launch_options
 from pipelines.layered_edit import EditSettings
+from tests.app.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.tiny_models import sd1_components
 
 SIZE = 32
@@ -46,3 +48,19 @@ def stroke_png(path, y0, y1, x0, x1, size=SIZE * DISPLAY):
     layer[y0:y1, x0:x1] = (255, 0, 255, 255)
     Image.fromarray(layer).save(path)
     return path
+
+
+@pytest.fixture
+def page(live_app, tmp_path):
+    """A fresh desktop-sized page (1400×1000) of the live app in Debian's headless Chromium, driven by
+    Playwright (never a browser download); the browser tests skip without /usr/bin/chromium."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed (Debian package chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                       args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.goto(live_app[1])
+        yield page
+        context.close()

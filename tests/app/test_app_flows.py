@@ -4,6 +4,7 @@ mask, the Advanced accordion reaches the edit, presets paint a mask, a resized u
 session in steady use outlives Gradio's and the store's clocks."""
 
 import datetime
+import json
 import shutil
 import types
 import zipfile
@@ -186,3 +187,16 @@ def test_a_session_in_steady_use_outlives_gradios_and_the_stores_clocks(live_app
     assert not client.predict(model, "an empty scene of sand", 1, api_name="/start_from_prompt")[3].startswith("⚠️")
     offset[0] += 60
     assert "nothing to undo" in client.predict(api_name="/undo")[3]  # a new scene in the same page: kept
+
+
+def test_a_session_zip_records_its_model_and_a_resume_on_another_says_so(two_models, tmp_path):
+    """Guards: a zip that did not record the model that made it (a resume on another model was silent)."""
+    tab = two_models
+    a, b = tab.models.labels
+    tab.start_from_prompt("k", a, "an empty scene of grass", 0, progress=None)
+    archive, _ = tab.download_session("k")
+    with zipfile.ZipFile(archive) as z:
+        assert json.loads(z.read("session.json"))["model"] == a
+    assert "made with the model" not in _msg(tab.upload_session("same", a, archive))
+    message = _msg(tab.upload_session("other", b, archive))
+    assert f"made with the model {a!r}; it goes on with {b!r}" in message

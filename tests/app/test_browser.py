@@ -17,22 +17,9 @@ import pytest
 import requests
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"
+from tests.app.chromium import CHROMIUM
+
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (Debian package chromium)")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
-
-
-@pytest.fixture
-def page(live_app, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS,
-                                                       viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.goto(live_app[1])
-        yield page
-        context.close()
 
 
 def _composite(page) -> tuple[str, np.ndarray]:

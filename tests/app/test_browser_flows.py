@@ -12,9 +12,8 @@ on a finding of the hour-long review before its fix:
 import time
 
 import numpy as np
-import pytest
 
-from tests.app.test_browser import _composite, _wait_for_new_composite, page  # noqa: F401 (fixture)
+from tests.app.test_browser import _composite, _wait_for_new_composite
 
 
 def _message(page) -> str:
