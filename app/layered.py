@@ -4,8 +4,8 @@
 `pipelines.layered_edit.LayeredSession`. Errors become a message in the UI, never a traceback, and
 leave the session as it was. `build_layered_tab` lays the tab out and wires the callbacks.
 
-Every event that changes the scene answers with the same view (`VIEW`: the editor's new background,
-the composite, the layers' cut-outs, the status line, the selection, the mask preview). Progress is
+Every event that changes the scene answers with the same view (the editor's new background, the
+composite, the layers' cut-outs, the status line, the selection, the mask preview, the visible layers). Progress is
 drawn once, on the status line: drawn on the editor it was left behind (Gradio's overlay stayed over
 the canvas after roughly a third of events, and strokes painted on it were lost).
 """
@@ -82,11 +82,13 @@ class LayeredTab:
         """VIEW's values for session (None: a blank page). selected: the layer to keep selected."""
         if session is None or not session.layers:
             blank = {"background": None, "layers": [], "composite": None}
-            return blank, None, [], message, None, None
+            return blank, None, [], message, None, None, gr.CheckboxGroup(choices=[], value=[])
         gallery = [(upscale(cutout(session, i), 2), f"{i}: {layer.prompt}") for i, layer in enumerate(session.layers)]
         editor = {"background": upscale(session.composite, DISPLAY), "layers": [], "composite": None}
         shown = selected if selected is not None else len(session.layers) - 1
-        return editor, session.composite, gallery, message, selected, mask_preview(session, shown)
+        objects = list(range(1, len(session.layers)))
+        return (editor, session.composite, gallery, message, selected, mask_preview(session, shown),
+                gr.CheckboxGroup(choices=[(f"{i}", i) for i in objects], value=objects))
 
     def _session(self, key: str | None) -> LayeredSession:
         session = self.store.get(key)
@@ -118,9 +120,9 @@ class LayeredTab:
                     self.store.forget_forward(key)
             notes = [str(w.message) for w in caught if issubclass(w.category, NOTED_WARNINGS)]
         except Stopped:
-            return (gr.skip(),) * 3 + ("Stopped; the scene is as it was.",) + (gr.skip(),) * 2
+            return (gr.skip(),) * 3 + ("Stopped; the scene is as it was.",) + (gr.skip(),) * 3
         except Exception as err:  # the message only: the strokes and the scene stay as they were
-            return (gr.skip(),) * 3 + (_warn(err),) + (gr.skip(),) * 2
+            return (gr.skip(),) * 3 + (_warn(err),) + (gr.skip(),) * 3
         finally:
             with self._stop_lock:
                 self._stop.discard(key)
@@ -251,6 +253,23 @@ class LayeredTab:
         what = "the background" if index == 0 else f"layer {index}"
         return index, mask_preview(session, index), f"Selected {what}: Remove or Re-edit it."
 
+    def show_layers(self, key, visible):
+        """The composite and editor with the unticked layers hidden (a view: nothing is removed)."""
+        try:
+            session = self._session(key)
+            if not isinstance(visible, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                                 for i in visible):
+                raise ValueError("visible layers: expected layer numbers from the list")
+            hidden = set(range(1, len(session.layers))) - set(visible)
+        except Exception as err:
+            return gr.skip(), gr.skip(), _warn(err)
+        view = with_hidden(session, hidden)
+        said = (f"Showing the scene without layer{'s' if len(hidden) > 1 else ''} "
+                f"{', '.join(map(str, sorted(hidden)))} (a view: Remove makes it so; editing shows every layer "
+                "again).") if hidden else "Every layer shown."
+        editor = {"background": upscale(view, DISPLAY), "layers": [], "composite": None}
+        return editor, view, said
+
     def paint_preset(self, key, preset):
         """The editor with a preset mask painted over the scene (DRAW_IT: leave the editor alone)."""
         if preset in (None, "", DRAW_IT):
@@ -377,6 +396,21 @@ def cutout(session: LayeredSession, index: int) -> np.ndarray:
         return layer.image
     alpha = (layer.object_mask * 255).astype(np.uint8)
     return np.dstack([layer.image, alpha])
+
+
+def with_hidden(session: LayeredSession, hidden) -> np.ndarray:
+    """The composite with the layers in hidden left out, as a view: each shown layer's changed pixels
+    (wherever its picture differs from the one below it) laid over the background in order. With none
+    hidden this is the composite exactly; hiding one shows what lies below it, instantly (Remove
+    re-renders the later layers; this does not)."""
+    layers = session.layers
+    view = layers[0].image.copy()
+    for i in range(1, len(layers)):
+        if i in hidden:
+            continue
+        changed = (layers[i].image != layers[i - 1].image).any(-1)
+        view[changed] = layers[i].image[changed]
+    return view
 
 
 def mask_preview(session: LayeredSession, index: int) -> np.ndarray:
@@ -583,6 +617,8 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
                 selected = gr.Number(value=None, precision=0, label="Selected layer", interactive=False, scale=1)
                 preview = gr.Image(label="Mask used", type="numpy", interactive=False, elem_id="mask-preview",
                                    format="png", height=140, scale=1)
+            visible = gr.CheckboxGroup([], value=[], label="Visible layers (untick to hide; a view only)",
+                                       elem_id="visible-layers")
             with gr.Row():
                 remove = gr.Button("Remove layer", elem_id="remove-layer")
                 reedit = gr.Button("Re-edit layer (prompt and/or new mask)", elem_id="reedit-layer")
@@ -590,7 +626,7 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
                 replay = gr.Radio(list(REPLAY_CHOICES), value=next(iter(REPLAY_CHOICES)),
                                   label="Later layers whose mask sees the change")
 
-    view = [editor, composite, layers, message, selected, preview]
+    view = [editor, composite, layers, message, selected, preview, visible]
     shown = dict(show_progress_on=[message])  # one progress bar, on the status line
     adv = [steps, guidance, negative, harmonize, dilate]
     for trigger in (start.click, scene_prompt.submit):
@@ -612,6 +648,7 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
     stop.click(tab.stop, [key], message, api_name="stop", concurrency_limit=None, show_progress="hidden")
     scene_dice.click(random_seed, None, scene_seed, api_name=False, show_progress="hidden")
     layer_dice.click(random_seed, None, layer_seed, api_name=False, show_progress="hidden")
+    visible.input(tab.show_layers, [key, visible], [editor, composite, message], api_name=False, show_progress="hidden")
     preset.change(tab.paint_preset, [key, preset], [editor, message], api_name=False, show_progress="hidden")
     layers.select(tab.select, [key], [selected, preview, message], api_name=False, show_progress="hidden")
     save.click(tab.download_session, key, [files, message], api_name="download_session", **shown)

@@ -231,18 +231,20 @@ UI_VALUES = JSON | NUMBERS | st.sampled_from(["", " ", "1", "embedded", "../../e
 
 @settings(max_examples=40, deadline=None)
 @given(call=st.sampled_from(["add_layer", "remove_layer", "edit_layer", "undo", "redo", "start_from_prompt",
-                             "download_session", "export_png", "new_session", "paint_preset"]), data=st.data())
+                             "download_session", "export_png", "new_session", "paint_preset", "show_layers"]),
+       data=st.data())
 def test_no_ui_value_raises_in_a_callback(tab, call, data):
     """Whatever a client sends, a callback answers with a view or a message: never an exception (which
     Gradio would show as a bare "Error"). The Advanced accordion's values are fuzzed with the rest."""
     args = {"add_layer": 4 + 4, "remove_layer": 2 + 4, "edit_layer": 5 + 4, "undo": 0, "redo": 0,
-            "start_from_prompt": 3 + 5, "download_session": 0, "export_png": 0, "new_session": 0, "paint_preset": 1}[call]
+            "start_from_prompt": 3 + 5, "download_session": 0, "export_png": 0, "new_session": 0, "paint_preset": 1,
+            "show_layers": 1}[call]
     values = [data.draw(UI_VALUES) for _ in range(args)]
     key = data.draw(st.sampled_from(["fuzz", "other", None]))
     method = getattr(tab, call)
     extra = {"progress": None} if call in ("add_layer", "remove_layer", "edit_layer", "start_from_prompt") else {}
     result = method(key, *values, **extra)
-    message = result[3] if len(result) == 6 else result[-1]  # a view's status line, or a file's
+    message = result[3] if len(result) > 3 else result[-1]  # a view's status line, or a file's (or a message)
     skipped = call == "paint_preset" and result == (gr.skip(), gr.skip())  # "(paint it…)": nothing to do
     assert isinstance(result, tuple) and (isinstance(message, str) or skipped), result
     if call in ("download_session", "export_png") and result[0] is None:

@@ -200,3 +200,21 @@ def test_a_session_zip_records_its_model_and_a_resume_on_another_says_so(two_mod
     assert "made with the model" not in _msg(tab.upload_session("same", a, archive))
     message = _msg(tab.upload_session("other", b, archive))
     assert f"made with the model {a!r}; it goes on with {b!r}" in message
+
+
+def test_hiding_a_layer_is_a_view_of_what_lies_below_and_showing_all_is_the_composite(tab, tmp_path):
+    """Guards: layer visibility that changed the session (it is a view), or a "show all" that was not
+    the composite pixel for pixel."""
+    tab.start_from_prompt("k", None, "an empty scene of grass", 0, progress=None)
+    tab.add_layer("k", _editor(tmp_path, (8, 40, 8, 40)), "a red circle", 1, False, progress=None)
+    tab.add_layer("k", _editor(tmp_path, (80, 120, 80, 120), "t.png"), "a blue square", 2, False, progress=None)
+    session = tab.store.get("k")
+    editor, view, message = tab.show_layers("k", [1, 2])
+    np.testing.assert_array_equal(view, session.composite)
+    editor, view, message = tab.show_layers("k", [2])
+    assert "without layer 1" in message and len(tab.store.get("k").layers) == 3
+    first = (session.layers[1].image != session.layers[0].image).any(-1)
+    second = (session.layers[2].image != session.layers[1].image).any(-1)
+    np.testing.assert_array_equal(view[first & ~second], session.layers[0].image[first & ~second])
+    np.testing.assert_array_equal(view[~first], session.composite[~first])
+    assert tab.show_layers("k", "1")[-1].startswith("⚠️ visible layers:")

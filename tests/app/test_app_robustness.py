@@ -36,7 +36,7 @@ def _png(path):
 
 def _message(result):
     """The status line of a view (editor, composite, layers, message, selected, preview), or of a file's."""
-    return result[3] if len(result) == 6 else result[-1]
+    return result[3] if len(result) > 3 else result[-1]
 
 
 def _started(tab, key="k"):

@@ -9,9 +9,11 @@ on a finding of the hour-long review before its fix:
 - a new scene silently replaced the old one; bare red "Error" toasts for inputs the fuzz suite knows.
 """
 
+import io
 import time
 
 import numpy as np
+from PIL import Image
 
 from tests.app.test_browser import _composite, _wait_for_new_composite
 
@@ -146,3 +148,34 @@ def test_no_bare_error_for_bad_input(page, tmp_path):
     assert "not a picture" in _wait_for_message(page, "image:")
     assert not _bare_errors(page), _bare_errors(page)
     assert "/tmp" not in page.inner_text("body")
+
+
+def test_the_brush_shows_the_scene_through_it_and_buttons_have_their_own_names(page):
+    """Guards: an opaque magenta brush hiding what is under the mask (inpainting tools draw it
+    translucent), and the app's Undo/Redo sharing accessible names with the editor's stroke undo."""
+    _start(page)
+    _paint(page, -60, -60)
+    time.sleep(0.5)
+    canvas = page.locator("#mask-editor canvas").first
+    shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+    magenta = (shot[..., 0] > 200) & (shot[..., 2] > 200) & (shot[..., 1] < 40)
+    tinted = (shot[..., 0] - shot[..., 1] > 60) & (shot[..., 2] - shot[..., 1] > 60)  # magenta-ish over the scene
+    assert tinted.sum() > 50, "no stroke seen on the canvas"
+    assert magenta.sum() < 0.2 * tinted.sum(), "the brush paints opaque magenta over the scene"
+    for name in ("Undo edit", "Redo edit", "Add layer", "Remove layer", "Stop", "New session"):
+        assert page.get_by_role("button", name=name, exact=True).count() == 1, name
+
+
+def test_unticking_a_layer_hides_it_from_the_view_only(page):
+    src0, before = _start(page)
+    _paint(page, -100, -100)
+    page.click("#add-layer")
+    src1, after = _wait_for_new_composite(page, src0)
+    page.locator("#visible-layers label", has_text="1").click()
+    _wait_for_message(page, "without layer 1")
+    _, hidden = _wait_for_new_composite(page, src1)
+    np.testing.assert_array_equal(hidden, before)  # one layer hidden: the background as it was
+    page.locator("#visible-layers label", has_text="1").click()
+    _wait_for_message(page, "Every layer shown")
+    time.sleep(0.5)
+    np.testing.assert_array_equal(_composite(page)[1], after)
