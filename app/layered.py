@@ -68,13 +68,18 @@ class LayeredTab:
         self._stop_lock = threading.Lock()
 
     def session_bytes(self) -> int:
-        """The most a saved session of this app can hold: max_layers layers at its size and most steps."""
+        """The most a saved session of this app can hold: saved_layers layers at its size and most steps."""
         s = self.settings
         pipe = self.models.get(None, LayeredEditPipeline)
         latent = (max(s.steps, MAX_STEPS) + 1) * pipe.denoiser.config.in_channels * \
             (s.height // pipe.vae_scale_factor) * (s.width // pipe.vae_scale_factor) * \
             torch.finfo(pipe.denoiser.dtype).bits // 8
-        return self.store.max_layers * (latent + 6 * s.height * s.width) + (1 << 20)
+        return self.saved_layers * (latent + 6 * s.height * s.width) + (1 << 20)
+
+    @property
+    def saved_layers(self) -> int:
+        """The most layers a downloaded session holds, its undo/redo history included (newest kept)."""
+        return 2 * self.store.max_layers
 
     # -- rendering the session into the UI
 
@@ -96,11 +101,13 @@ class LayeredTab:
             raise ValueError("session: no scene yet; start one from a prompt or an image")
         return session
 
-    def _run(self, key, work, progress=None, done: str = "", selected=None, replaces: bool = False):
+    def _run(self, key, work, progress=None, done: str = "", selected=None, replaces: str | None = None):
         """Run work(callback) under the generation lock and store the session it returns there too (so
         two edits of one session cannot both start from the same state); view it with the message done
-        (a str, or a function of the new session). Errors, and Stop, become a message and change
-        nothing. replaces: the result is a new scene, and the one it replaces is kept for Undo."""
+        (a str, or a function of the new session; so is selected). Errors, and Stop, become a message
+        and change nothing. replaces: the result is a new scene, and the one it replaces is kept for Undo: "scene" (a
+        new scene; unless it is a fork that goes on from the old one, whose history holds it already) or
+        "upload" (a resumed session, whose history is its own)."""
         with self._stop_lock:
             self._stop.discard(key)
 
@@ -113,7 +120,7 @@ class LayeredTab:
             with self.models.generation, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 session = work(callback)
-                if replaces and not session.can_undo:  # a fork's history holds the old scene already
+                if replaces == "upload" or (replaces == "scene" and not session.can_undo):
                     self.store.replace(key, session)
                 else:
                     self.store.put(key, session)
@@ -127,12 +134,13 @@ class LayeredTab:
             with self._stop_lock:
                 self._stop.discard(key)
         said = done(session) if callable(done) else done
+        selected = selected(session) if callable(selected) else selected
         return self._view(session, " ".join([said] + list(dict.fromkeys(notes))).strip(), selected)
 
     def _new_session(self, key, model_name, advanced) -> LayeredSession:
         """A session for a new scene: a fork of the current one when it runs on the same model at the
         same steps (its history goes on, so Undo brings the old scene back), a new one otherwise (the
-        store keeps the old one for Undo: `_run(replaces=True)`)."""
+        store keeps the old one for Undo: `_run(replaces="scene")`)."""
         settings = self._advanced(self.settings, advanced, steps=True)
         pipe = self.models.get(model_name, LayeredEditPipeline)
         try:
@@ -154,7 +162,7 @@ class LayeredTab:
             session = self._new_session(key, model_name, advanced)
             session.start_from_prompt(prompt, _seed(seed, "scene seed"), callback=callback)
             return session
-        return self._run(key, work, progress, lambda s: self._started(key), replaces=True)
+        return self._run(key, work, progress, lambda s: self._started(key), replaces="scene")
 
     def start_from_image(self, key, model_name, image, method, *advanced, progress=gr.Progress()):
         said = []
@@ -172,7 +180,7 @@ class LayeredTab:
                             "the size this model edits at.")
             session.start_from_image(picture, "", IMAGE_METHODS[method], callback=callback)
             return session
-        return self._run(key, work, progress, lambda s: " ".join([self._started(key)] + said), replaces=True)
+        return self._run(key, work, progress, lambda s: " ".join([self._started(key)] + said), replaces="scene")
 
     def _started(self, key) -> str:
         return "Scene started: paint a rough mask where a new object should go." + (
@@ -204,14 +212,16 @@ class LayeredTab:
                 mask = None  # nothing drawn: keep the layer's mask
             session.edit_layer(layer, prompt=_layer_prompt(prompt) if prompt else None, mask=mask, callback=callback)
             return session
+        # (done and selected are used only once the edit worked, so the index is a layer number by then)
         return self._run(key, work, progress, lambda s: f"Re-edited layer {int(index)}.",
-                         selected=int(index) if isinstance(index, (int, float)) else None)
+                         selected=lambda s: int(index))
 
     def undo(self, key):
         """Undo the last step; past a scene's first step, bring back the scene it replaced."""
         if not self._can(key, "undo") and self.store.other(key) == "back":
             self.store.swap(key)
-            return self._view(self.store.get(key), "Brought back the scene you had before; Redo returns to the new one.")
+            return self._view(self.store.get(key),
+                              "Brought back the scene you had before; Redo returns to the new one.")
         return self._run(key, lambda callback: _apply(self._fork(key), "undo"), done="Undone.")
 
     def redo(self, key):
@@ -344,7 +354,7 @@ class LayeredTab:
 
     def download_session(self, key):
         def write(session, folder):
-            session.save(folder / "session", model=self.models.label_of(session.pipe))
+            session.save(folder / "session", model=self.models.label_of(session.pipe), max_layers=self.saved_layers)
             archive = shutil.make_archive(str(folder / "strata-session"), "zip", folder / "session")
             shutil.rmtree(folder / "session")  # the zip is what the browser gets
             return archive
@@ -368,8 +378,8 @@ class LayeredTab:
                 raise ValueError(f"session: made at {session.settings.width}×{session.settings.height}; this app "
                                  f"edits at {self.settings.width}×{self.settings.height}")
             return session
-        return self._run(key, work, done=lambda s: " ".join([f"Session resumed: {len(s.layers)} layers (its undo "
-                                                             "history is not saved)."] + said), replaces=True)
+        return self._run(key, work, done=lambda s: " ".join([f"Session resumed: {len(s.layers)} layers, with its "
+                                                             "undo history."] + said), replaces="upload")
 
     def export_png(self, key):
         def write(session, folder):
@@ -535,7 +545,8 @@ SHORTCUTS = """
 document.addEventListener("keydown", (e) => {
   if (!(e.ctrlKey || e.metaKey) || e.altKey) return;
   const t = e.target;
-  if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable || t.closest("#mask-editor"))) return;
+  const typing = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable);
+  if (typing || (t && t.closest && t.closest("#mask-editor"))) return;
   const key = e.key.toLowerCase();
   const id = key === "z" ? (e.shiftKey ? "redo" : "undo") : key === "y" ? "redo" : null;
   const button = id && document.getElementById(id);

@@ -108,7 +108,8 @@ class SessionStore:
         for key in [k for k, (_, used) in self._sessions.items() if now - used > self.idle_seconds]:
             self._close(key, f"session: closed after {self.idle_seconds / 60:.0f} min without use; start a new "
                              f"scene, or upload a session you downloaded")
-        for key in [k for k, (_, _, kept) in self._other.items() if k not in self._sessions and now - kept > self.idle_seconds]:
+        for key in [k for k, (_, _, kept) in self._other.items()
+                    if k not in self._sessions and now - kept > self.idle_seconds]:
             del self._other[key]  # a kept scene of a page left blank ("New session") and then idle
 
     def _close(self, key, why: str) -> None:

@@ -195,7 +195,7 @@ def test_a_version_2_session_with_prompt_embeddings_still_loads(sd1_components, 
     session.add_layer("a red circle", _box(2, 12, 2, 12), seed=1)
     folder = session.save(tmp_path / "v3")
     manifest = json.loads((folder / "session.json").read_text())
-    assert manifest["version"] == 4
+    assert manifest["version"] == 5
     manifest["version"] = 2  # what sessions saved before the change look like: embeddings in memory,
     (folder / "session.json").write_text(json.dumps(manifest))  # masks one byte per pixel
     tensors = load_file(folder / "memory.safetensors")

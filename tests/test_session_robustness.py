@@ -113,7 +113,13 @@ def _edit_memory(folder, change):
     (lambda m: m["settings"].update(colour="red"), "settings: expected an object of edit settings"),
     (lambda m: m.update(latent_channels=9), "latent_channels"),
     (lambda m: m["layers"][1].update(kind="wizard"), r"layers\[1\].kind"),
-    (lambda m: m["layers"][0].update(kind="object"), r"layers\[0\].kind"),
+    (lambda m: m["layers"][0].update(kind="object"), "state: expected a background layer first"),
+    (lambda m: m.update(state=[0, 7]), r"state: expected 1 to \d+ layer numbers in 0..1"),
+    (lambda m: m.update(state=[1, 0]), "state: expected a background layer first"),
+    (lambda m: m.update(undo=[[1]]), r"undo\[0\]: expected a background layer first"),
+    (lambda m: m.update(undo=[[0, True]]), r"undo\[0\]: expected 1 to"),
+    (lambda m: m.update(redo=[[0]] * (session_format.MAX_HISTORY + 1)), "redo: expected a list"),
+    (lambda m: m.update(undo="all"), "undo: expected a list"),
     (lambda m: m["layers"][1].update(seed=-1), r"layers\[1\].seed"),
     (lambda m: m["layers"][1].update(seed=2**64), r"layers\[1\].seed"),
     (lambda m: m["layers"][1].update(prompt=7), r"layers\[1\].prompt"),
@@ -219,3 +225,41 @@ def test_masks_in_every_layout_people_pass():
         prepare_mask(np.array([["a"]]), 32, 32)
     with pytest.raises(ValueError, match="empty"):
         prepare_mask(np.zeros((32, 32)), 32, 32)
+
+
+def test_the_history_is_saved_and_a_resumed_session_undoes_and_redoes_as_before(session, tmp_path):
+    """Found: a resumed session had no undo history. Every layer any state uses is stored once."""
+    session.add_layer("a blue square", _box(18, 30, 18, 30), seed=2)
+    session.remove_layer(1)
+    session.undo()  # one state to redo
+    folder = session.save(tmp_path / "s")
+    manifest = json.loads((folder / "session.json").read_text())
+    assert manifest["version"] == 5 and len(manifest["undo"]) == 2 and len(manifest["redo"]) == 1
+    unique = {id(l) for state in [session.layers, *session._undo, *session._redo] for l in state}
+    assert len(manifest["layers"]) == len(unique) < sum(map(len, [session.layers, *session._undo, *session._redo]))
+    again = LayeredSession.load(session.pipe, folder)
+    assert _layers_equal(again.layers, session.layers)
+    for action in ("redo", "undo", "undo", "undo"):
+        getattr(session, action)()
+        getattr(again, action)()
+        assert _layers_equal(again.layers, session.layers), action
+    with pytest.raises(ValueError, match="nothing to undo"):
+        again.undo()
+
+
+def test_a_long_history_keeps_its_newest_states_within_the_layer_limit(session, tmp_path):
+    for k in range(3):
+        session.add_layer("a blue square", _box(18, 30, 4 + 8 * k, 12 + 8 * k), seed=2 + k)
+    assert len(session._undo) == 4  # states of 1, 2, 3 and 4 layers; 5 layers now, 5 unique in all
+    folder = session.save(tmp_path / "s", max_layers=5)
+    again = LayeredSession.load(session.pipe, folder)
+    assert _layers_equal(again.layers, session.layers) and len(again._undo) == 4
+    with pytest.raises(SessionError, match="more than a session file holds"):
+        session.save(tmp_path / "t", max_layers=4)
+    session.remove_layer(1)  # the later layers are carried over as new layers: 4 in this state, 3 of them new
+    for limit, kept in ((7, 0), (8, len(session._undo))):  # the newest undo state brings 4 more (8 in all)
+        again = LayeredSession.load(session.pipe, session.save(tmp_path / f"s{limit}", max_layers=limit))
+        assert _layers_equal(again.layers, session.layers) and len(again._undo) == kept, limit
+    again.undo()
+    session.undo()
+    assert _layers_equal(again.layers, session.layers)

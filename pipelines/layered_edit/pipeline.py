@@ -349,7 +349,8 @@ class LayeredEditPipeline(DiffusionPipeline):
         cond = self.encode_prompt([prompt], "", height, width, device).rows(slice(1, 2))  # the prompt's row
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         trajectory = ddim_inversion(lambda z, t: self.predict(z, t, cond), self.encode_image(image), self.scheduler,
-                                    num_inference_steps, progress=lambda steps: _reporting(self.progress_bar(steps), callback))
+                                    num_inference_steps,
+                                    progress=lambda steps: _reporting(self.progress_bar(steps), callback))
         self.maybe_free_model_hooks()
         return trajectory
 

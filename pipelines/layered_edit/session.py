@@ -21,7 +21,7 @@ from pipelines.conditioning import blend_latents
 from pipelines.layered_edit.geometry import (carry_weight, composite, object_alpha, object_pixels, overlay_alpha,
                                              prepare_mask, protected_pixels)
 from pipelines.layered_edit.pipeline import LayeredEditPipeline
-from pipelines.layered_edit.session_format import load_session, save_session
+from pipelines.layered_edit.session_format import load_session_history, save_session
 from pipelines.layered_edit.settings import EditSettings, Layer, check_seed
 
 
@@ -222,15 +222,19 @@ class LayeredSession:
 
     # -- saving
 
-    def save(self, folder: str | Path, model: str | None = None) -> Path:
-        """A folder that `load` reads back bit-exact (format: `session_format`); model: the name of the
-        model that made it, recorded in session.json (an app's label, never a server path)."""
-        return save_session(folder, self.settings, self.layers, self.pipe.denoiser.config.in_channels, model)
+    def save(self, folder: str | Path, model: str | None = None, max_layers: int | None = None) -> Path:
+        """A folder that `load` reads back bit-exact, with its undo/redo history (format:
+        `session_format`); model: the name of the model that made it, recorded in session.json (an app's
+        label, never a server path); max_layers: the most layers the file may hold, history included
+        (the newest states are kept)."""
+        extra = {} if max_layers is None else {"max_layers": max_layers}
+        return save_session(folder, self.settings, self.layers, self.pipe.denoiser.config.in_channels, model,
+                            self._undo, self._redo, **extra)
 
     @classmethod
     def load(cls, pipe: LayeredEditPipeline, folder: str | Path) -> "LayeredSession":
-        settings, layers = load_session(pipe, folder)
-        return cls(pipe, settings, layers)
+        settings, layers, undo, redo = load_session_history(pipe, folder)
+        return cls(pipe, settings, layers, undo, redo)
 
 
 def _check_prompt(prompt) -> str:

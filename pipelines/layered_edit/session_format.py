@@ -1,6 +1,7 @@
-"""The saved-session format: a folder with session.json (settings, layer prompts and seeds, and the
-sha256 of the tensors) and memory.safetensors (masks, trajectories, images). Loads back bit-exact;
-version 2 (which also kept prompt embeddings, and no hash) still loads.
+"""The saved-session format: a folder with session.json (settings, layer prompts and seeds, the undo
+and redo history as lists of layer numbers, and the sha256 of the tensors) and memory.safetensors
+(masks, trajectories, images of every layer any state uses, each once). Loads back bit-exact, history
+included; versions 2 to 4 (no history; 2 also kept prompt embeddings, and no hash) still load.
 
 A save is all or nothing: both files are written into a temporary folder beside the target, which
 then takes the target's place; an interrupted save leaves the previous session as it was. A load
@@ -24,9 +25,12 @@ from pipelines.atomic import sha256_file, writing_folder
 from pipelines.layered_edit.settings import KINDS, EditSettings, Layer, check_seed
 
 SESSION_FORMAT = "strata-layered-session"
-SESSION_VERSION = 4  # 2: layers also keep their edit and object masks; 3: no prompt embeddings, a tensor hash;
-#                      4: masks packed 8 pixels to a byte (a tenth of an SD-1.5 512² layer was its three masks)
-READABLE_VERSIONS = (2, 3, 4)  # a version-2 session's embeddings are ignored
+SESSION_VERSION = 5  # 2: layers also keep their edit and object masks; 3: no prompt embeddings, a tensor hash;
+#                      4: masks packed 8 pixels to a byte (a tenth of an SD-1.5 512² layer was its three masks);
+#                      5: the undo/redo history ("layers" is every layer any state uses; "state", "undo", "redo"
+#                      list layer numbers)
+READABLE_VERSIONS = (2, 3, 4, 5)  # a version-2 session's embeddings are ignored
+MAX_HISTORY = 256  # undo + redo states a session file may hold
 MANIFEST = "session.json"
 MEMORY = "memory.safetensors"
 MAX_LAYERS = 256
@@ -42,24 +46,50 @@ def is_session_folder(folder: Path) -> bool:
 
 
 def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer], latent_channels: int,
-                 model: str | None = None) -> Path:
-    """session.json (settings, layer prompts and seeds, the tensors' sha256, and the model's name when
-    given) + memory.safetensors (rough, edit and object masks, trajectories, images), written all or
-    nothing. An existing session at folder is replaced; an existing folder that is not a session is
-    refused."""
+                 model: str | None = None, undo: list[list[Layer]] = (), redo: list[list[Layer]] = (),
+                 max_layers: int = MAX_LAYERS) -> Path:
+    """session.json (settings, layer prompts and seeds, the history, the tensors' sha256, and the
+    model's name when given) + memory.safetensors (rough, edit and object masks, trajectories, images),
+    written all or nothing. undo, redo: earlier and undone states (oldest first), kept newest first
+    while every layer they use, each counted once, fits in max_layers. An existing session at folder is
+    replaced; an existing folder that is not a session is refused."""
     folder = Path(folder)
     if not layers:
         raise SessionError("session: nothing to save; start a scene first")
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not is_session_folder(folder))):
         raise SessionError(f"folder: {folder.name!r} exists and is not a Strata session; choose another folder")
+    pool: list[Layer] = []
+    number: dict[int, int] = {}  # id(layer) → its number in pool (states share most of their layers)
+
+    def numbers(state: list[Layer]) -> list[int] | None:
+        """state as layer numbers, adding its new layers to pool; None if they would not fit."""
+        new = list({id(l): l for l in state if id(l) not in number}.values())
+        if len(pool) + len(new) > max_layers:
+            return None
+        for layer in new:
+            number[id(layer)] = len(pool)
+            pool.append(layer)
+        return [number[id(l)] for l in state]
+    current = numbers(layers)
+    if current is None:
+        raise SessionError(f"session: {len(layers)} layers, more than a session file holds ({max_layers})")
+    history = {}
+    for name, states in (("undo", undo), ("redo", redo)):
+        kept = []
+        for state in reversed(list(states)[-MAX_HISTORY // 2:]):  # newest first, while they fit
+            if not state or (ids := numbers(state)) is None:
+                break
+            kept.append(ids)
+        history[name] = kept[::-1]
     manifest = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "settings": settings.__dict__,
                 "latent_channels": int(latent_channels),
-                "layers": [{"prompt": l.prompt, "seed": check_seed(l.seed), "kind": l.kind} for l in layers]}
+                "layers": [{"prompt": l.prompt, "seed": check_seed(l.seed), "kind": l.kind} for l in pool],
+                "state": current, **history}
     if model is not None:
         manifest["model"] = str(model)
     json.dumps(manifest)  # a field JSON cannot write fails here, before anything is written
     tensors = {}
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(pool):
         tensors[f"layer{i}.trajectory"] = layer.trajectory.detach().cpu().contiguous()
         tensors[f"layer{i}.image"] = torch.from_numpy(np.array(layer.image, order="C"))  # a writable copy
         for name, mask in (("mask", layer.rough_mask), ("edit_mask", layer.edit_mask), ("object_mask", layer.object_mask)):
@@ -74,6 +104,13 @@ def save_session(folder: str | Path, settings: EditSettings, layers: list[Layer]
 def load_session(pipe, folder: str | Path) -> tuple[EditSettings, list[Layer]]:
     """The settings and layers of a saved session, every field checked against the pipeline first.
     Messages name the file by its name only (never the server's path)."""
+    settings, layers, _, _ = load_session_history(pipe, folder)
+    return settings, layers
+
+
+def load_session_history(pipe, folder: str | Path) -> tuple[EditSettings, list[Layer], list, list]:
+    """load_session's settings and layers, and the undo and redo states (lists of layers, oldest first;
+    empty for a file of version 4 or older)."""
     folder = Path(folder)
     manifest_path, memory_path = folder / MANIFEST, folder / MEMORY
     if not is_session_folder(folder):
@@ -94,7 +131,9 @@ def load_session(pipe, folder: str | Path) -> tuple[EditSettings, list[Layer]]:
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_LAYERS:
         raise SessionError(f"{MANIFEST}.layers: expected 1 to {MAX_LAYERS} layers, got "
                            f"{len(entries) if isinstance(entries, list) else type(entries).__name__}")
-    entries = [_entry(e, i) for i, e in enumerate(entries)]
+    entries = [_entry(e, i, version >= 5) for i, e in enumerate(entries)]
+    states = _states(manifest, entries) if version >= 5 else {"state": list(range(len(entries))), "undo": [],
+                                                              "redo": []}
     if version >= 3 and manifest.get("memory_sha256") != sha256_file(memory_path):
         raise SessionError(f"{MEMORY}: corrupt, or from another save (its hash does not match {MANIFEST})")
     try:
@@ -128,7 +167,30 @@ def load_session(pipe, folder: str | Path) -> tuple[EditSettings, list[Layer]]:
                 got[name] = t.numpy().astype(bool)
         layers.append(Layer(prompt, seed, got["mask"], kind, got["trajectory"], got["image"], got["edit_mask"],
                             got["object_mask"]))
-    return settings, layers
+    undo, redo = ([[layers[i] for i in ids] for ids in states[name]] for name in ("undo", "redo"))
+    return settings, [layers[i] for i in states["state"]], undo, redo
+
+
+def _states(manifest: dict, entries: list) -> dict[str, list]:
+    """The current state and the undo/redo states of a version-5 manifest, each checked: layer numbers
+    of the file, a background first and objects after it."""
+    out = {}
+    for name in ("state", "undo", "redo"):
+        value = manifest.get(name)
+        states = [value] if name == "state" else value
+        if not isinstance(states, list) or len(states) > MAX_HISTORY:
+            raise SessionError(f"{MANIFEST}.{name}: expected a list of layer numbers"
+                               + ("" if name == "state" else f" for each of at most {MAX_HISTORY} states"))
+        for k, ids in enumerate(states):
+            where = f"{MANIFEST}.{name}" + ("" if name == "state" else f"[{k}]")
+            if (not isinstance(ids, list) or not 1 <= len(ids) <= MAX_LAYERS
+                    or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(entries) for i in ids)):
+                raise SessionError(f"{where}: expected 1 to {MAX_LAYERS} layer numbers in 0..{len(entries) - 1}")
+            kinds = [entries[i][2] for i in ids]
+            if kinds[0] == "object" or any(kind != "object" for kind in kinds[1:]):
+                raise SessionError(f"{where}: expected a background layer first and object layers after it")
+        out[name] = value
+    return out
 
 
 def _settings(value, pipe) -> EditSettings:
@@ -144,14 +206,18 @@ def _settings(value, pipe) -> EditSettings:
     return settings
 
 
-def _entry(entry, i: int) -> tuple[str, int, str]:
+def _entry(entry, i: int, pooled: bool = False) -> tuple[str, int, str]:
+    """One layer's prompt, seed and kind. pooled (version 5): the layers of every state, so any kind
+    anywhere (the states say the order); before: layer 0 the background, the others objects."""
     where = f"{MANIFEST}.layers[{i}]"
     if not isinstance(entry, dict):
         raise SessionError(f"{where}: expected an object, got {type(entry).__name__}")
     prompt, kind = entry.get("prompt"), entry.get("kind")
     if not isinstance(prompt, str):
         raise SessionError(f"{where}.prompt: expected text, got {type(prompt).__name__}")
-    if kind not in KINDS or (kind == "object") != (i > 0):
+    if pooled and kind not in KINDS:
+        raise SessionError(f"{where}.kind: expected one of {list(KINDS)}, got {kind!r}")
+    if not pooled and (kind not in KINDS or (kind == "object") != (i > 0)):
         expected = "'object'" if i else f"one of {[k for k in KINDS if k != 'object']}"
         raise SessionError(f"{where}.kind: expected {expected}, got {kind!r}")
     try:

@@ -218,3 +218,19 @@ def test_hiding_a_layer_is_a_view_of_what_lies_below_and_showing_all_is_the_comp
     np.testing.assert_array_equal(view[first & ~second], session.layers[0].image[first & ~second])
     np.testing.assert_array_equal(view[~first], session.composite[~first])
     assert tab.show_layers("k", "1")[-1].startswith("⚠️ visible layers:")
+
+
+def test_a_resumed_session_keeps_its_undo_history_and_the_page_its_scene(tab, tmp_path):
+    """Guards: a resumed session with no undo history, and a resume that silently replaced the scene on
+    the page."""
+    tab.start_from_prompt("k", None, "an empty scene of grass", 0, progress=None)
+    tab.add_layer("k", _editor(tmp_path), "a red circle", 1, False, progress=None)
+    archive, _ = tab.download_session("k")
+    tab.start_from_prompt("page", None, "an empty scene of snow", 3, progress=None)
+    snow = _composite(tab, "page").copy()
+    assert "with its undo history" in _msg(tab.upload_session("page", None, archive))
+    assert len(tab.store.get("page").layers) == 2
+    assert _msg(tab.undo("page")) == "Undone."
+    assert len(tab.store.get("page").layers) == 1
+    assert "Brought back" in _msg(tab.undo("page"))
+    np.testing.assert_array_equal(_composite(tab, "page"), snow)

@@ -11,8 +11,11 @@ on a finding of the hour-long review before its fix:
 
 import io
 import time
+import zipfile
+from urllib.parse import urljoin
 
 import numpy as np
+import requests
 from PIL import Image
 
 from tests.app.test_browser import _composite, _wait_for_new_composite
@@ -115,6 +118,32 @@ def test_nothing_selected_remove_and_reedit_ask_first_and_selection_follows_chan
     page.keyboard.press("Control+z")  # the shortcut: Undo brings the layer back
     src3, undone = _wait_for_new_composite(page, src2)
     np.testing.assert_array_equal(undone, after)
+    page.click("#layers button[aria-label='Thumbnail 2 of 2']")
+    _wait_for_message(page, "Selected layer 1")
+    page.click("#start-prompt")  # a new scene: layer 1 of the old one is no longer selected
+    _wait_for_message(page, "Scene started")
+    page.click("#reedit-layer")
+    _wait_for_message(page, "select a layer")
+
+
+def test_export_in_the_browser_gives_each_layers_cutout_and_mask(page):
+    """Guards: "Export every layer" writing the composite after each layer, RGB only, no masks."""
+    src0, _ = _start(page)
+    _paint(page, -100, -100)
+    page.click("#add-layer")
+    _, composite = _wait_for_new_composite(page, src0)
+    page.click("#export")
+    _wait_for_message(page, "Exported")
+    page.wait_for_selector("#files a", timeout=30_000)
+    href = page.get_attribute("#files a", "href")
+    with zipfile.ZipFile(io.BytesIO(requests.get(urljoin(page.url, href), timeout=10).content)) as z:
+        names = set(z.namelist())
+        cut = np.asarray(Image.open(z.open("layer_01.png")))
+        mask = np.asarray(Image.open(z.open("mask_01.png")))
+    assert {"composite.png", "composite_large.png", "layer_00.png", "layer_01.png", "mask_01.png"} <= names
+    assert cut.shape[-1] == 4 and 0 < (cut[..., 3] > 0).sum() < cut[..., 3].size  # a cut-out, not the composite
+    np.testing.assert_array_equal(cut[..., :3][cut[..., 3] > 0], composite[cut[..., 3] > 0])
+    assert mask.any() and not mask.all()
 
 
 def test_a_new_scene_can_be_undone(page):
