@@ -586,7 +586,7 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
             with gr.Row():
                 save = gr.Button("Download session", min_width=120, size="sm")
                 export = gr.Button("Export PNGs", elem_id="export", min_width=120, size="sm")
-            files = gr.File(label="Files", interactive=False, elem_id="files", height=120)
+            files = gr.File(label="Files", interactive=False, elem_id="files", height=120, visible=False)
             with gr.Accordion("Resume a downloaded session", open=False):
                 resume = gr.File(label="Upload a session zip", file_types=[".zip"], type="filepath", height=120)
         with gr.Column(scale=2, min_width=320):
@@ -662,6 +662,8 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
     visible.input(tab.show_layers, [key, visible], [editor, composite, message], api_name=False, show_progress="hidden")
     preset.change(tab.paint_preset, [key, preset], [editor, message], api_name=False, show_progress="hidden")
     layers.select(tab.select, [key], [selected, preview, message], api_name=False, show_progress="hidden")
-    save.click(tab.download_session, key, [files, message], api_name="download_session", **shown)
-    export.click(tab.export_png, key, [files, message], api_name="export_png", **shown)
+    for button, write, name in ((save, tab.download_session, "download_session"), (export, tab.export_png, "export_png")):
+        # the file box shows only while it holds a file (empty, it was a tall placeholder)
+        button.click(write, key, [files, message], api_name=name, **shown).then(
+            lambda file: gr.File(visible=file is not None), files, files, api_name=False, show_progress="hidden")
     resume.upload(tab.upload_session, [key, model_name, resume], view, api_name="upload_session", **shown)

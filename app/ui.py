@@ -37,7 +37,12 @@ CSS = """
 #layers .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
 #message { font-size: 1.05em; position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary);
            padding: 4px 0; }
-@media (max-width: 700px) { #composite { display: none; } }  /* on a phone the editor shows the same picture */
+.gradio-container { overflow: clip !important; }  /* clips as "hidden" did, without the scroll box that stops sticky */
+@media (max-width: 700px) {
+  #composite { display: none; }  /* on a phone the editor shows the same picture */
+  /* the editor's tool strip sits over the canvas's left edge: on a narrow screen the canvas starts after it */
+  #mask-editor .pixi-target { left: 46px !important; width: calc(100% - 46px) !important; }
+}
 """
 
 

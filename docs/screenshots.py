@@ -67,7 +67,9 @@ def main(argv=None) -> list[Path]:
                 page.set_viewport_size(viewport)
                 page.goto(f"http://127.0.0.1:{port}/")
                 _edit(page)
-                page.evaluate("() => window.scrollTo(0, 0)")  # the top: status line, scene, editor
+                if name == "app-phone.png":  # the editor, under the status line that stays at the top
+                    page.evaluate("() => document.querySelector('#mask-editor').scrollIntoView({block: 'center'})")
+                    time.sleep(0.5)
                 args.out.mkdir(parents=True, exist_ok=True)
                 target = args.out / name
                 tmp = target.with_suffix(".tmp.png")

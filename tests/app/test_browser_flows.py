@@ -10,6 +10,7 @@ on a finding of the hour-long review before its fix:
 """
 
 import io
+import re
 import time
 import zipfile
 from urllib.parse import urljoin
@@ -18,6 +19,7 @@ import numpy as np
 import requests
 from PIL import Image
 
+from app.layered import DISPLAY
 from tests.app.test_browser import _composite, _wait_for_new_composite
 
 
@@ -208,3 +210,30 @@ def test_unticking_a_layer_hides_it_from_the_view_only(page):
     _wait_for_message(page, "Every layer shown")
     time.sleep(0.5)
     np.testing.assert_array_equal(_composite(page)[1], after)
+
+
+def test_on_a_phone_the_tool_strip_leaves_the_picture_free_and_strokes_land_where_painted(page, live_app):
+    """Guards: on a phone (390×844) the editor's tool strip lay over the picture's left edge, and the
+    status line was 2,800 px down the page."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    _start(page)
+    page.locator("#mask-editor").scroll_into_view_if_needed()
+    status = page.locator("#message").bounding_box()  # scrolled down to the editor, the status is in view
+    assert 0 <= status["y"] < 80, f"the status line is at y = {status['y']}, out of view"
+    strip = page.locator("#mask-editor button[aria-label='Brush']").bounding_box()
+    canvas = page.locator("#mask-editor canvas").first.bounding_box()
+    assert canvas["x"] >= strip["x"] + strip["width"], (canvas, strip)
+    zoom = int(re.search(r"(\d+)%", page.locator("#mask-editor").inner_text()).group(1)) / 100
+    store = live_app[0].strata.store
+    size = live_app[0].strata.settings.height
+    scale = zoom * DISPLAY  # screen pixels per image pixel: the picture is shown at DISPLAY× and zoomed
+    dx, dy = -0.25 * size * scale, -0.25 * size * scale  # the centre of the top-left quarter
+    _paint(page, dx, dy)  # a diagonal from there, 35 × 21 screen pixels
+    page.click("#add-layer")
+    _wait_for_message(page, "Added layer 1")
+    session = max(store._sessions.values(), key=lambda entry: entry[1])[0]  # the page's, used last
+    rows, cols = np.nonzero(session.layers[1].rough_mask)
+    want = (size / 4 + 10.5 / scale, size / 4 + 17.5 / scale)  # the stroke's middle, in image pixels
+    assert abs(rows.mean() - want[0]) < 2 and abs(cols.mean() - want[1]) < 2, \
+        f"the stroke's centre is at {(rows.mean(), cols.mean())}, painted at {want} (of {size})"
