@@ -18,6 +18,7 @@ import torch
 from app.files import WorkFolder
 from app.layered import _warn
 from app.models import ModelCache
+from app.stopping import STOPPED_MESSAGE, StopFlags, Stopped
 from formats.layout import StreetClip
 from pipelines.driving_video import DrivingVideoPipeline, write_video
 
@@ -29,11 +30,19 @@ MAX_APP_SIDE = 256
 class DrivingTab:
     def __init__(self, models: ModelCache, work: WorkFolder):
         self.models, self.work = models, work
+        self.stops = StopFlags()
+
+    def stop(self, request: gr.Request):
+        """Stop: the page's running generation ends after its current frame."""
+        self.stops.stop(getattr(request, "session_hash", None))
+        return "Stopping after this frame…"
 
     def generate(self, model_name, seed, layout_file, frames, prompt, car, truck, pedestrian, steps,
-                 progress=gr.Progress()):
+                 progress=gr.Progress(), request: gr.Request = None):
         """(mosaic mp4, zip of the outputs, message)."""
         folder = None
+        page = getattr(request, "session_hash", None)
+        self.stops.clear(page)
         try:
             clip = self._layout(seed, layout_file)
             frames = _whole(frames, "frames", 1, min(MAX_APP_FRAMES, len(clip.frames)))
@@ -46,6 +55,7 @@ class DrivingTab:
             pipe = self.models.get(model_name, DrivingVideoPipeline)
 
             def done(frame, images):
+                self.stops.check(page)
                 if progress is not None:
                     progress((frame + 1) / frames, desc=f"frame {frame + 1}/{frames}")
             with self.models.generation:
@@ -60,7 +70,9 @@ class DrivingTab:
         except Exception as err:
             if folder is not None:
                 self.work.forget(folder)
-            return None, None, _warn(err)
+            return None, None, STOPPED_MESSAGE if isinstance(err, Stopped) else _warn(err)
+        finally:
+            self.stops.clear(page)
 
     def _layout(self, seed, layout_file) -> StreetClip:
         if layout_file:
@@ -78,7 +90,10 @@ def _whole(value, name: str, low: int, high: int) -> int:
 
 
 def build_driving_tab(tab: DrivingTab, model_name: gr.Dropdown) -> None:
-    """The tab's components and events, inside the caller's `gr.Tab`."""
+    """The tab's components and events, inside the caller's `gr.Tab`: the status line at the top (progress
+    and messages, as in the layered tab), the inputs, the outputs; the zip's box shows once it holds one."""
+    message = gr.Markdown("Pick a street clip (or upload a layout) and Generate.", elem_id="drive-message",
+                          elem_classes=["status"], min_height=48)
     with gr.Row():
         with gr.Column():
             seed = gr.Number(value=0, precision=0, label="Street clip (a seed of the toy world)")
@@ -90,11 +105,14 @@ def build_driving_tab(tab: DrivingTab, model_name: gr.Dropdown) -> None:
                 car = gr.Textbox(value="a car", label="car")
                 truck = gr.Textbox(value="a truck", label="truck")
                 pedestrian = gr.Textbox(value="a pedestrian", label="pedestrian")
-            go = gr.Button("Generate", variant="primary", elem_id="drive-generate")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="drive-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="drive-stop", min_width=60)
         with gr.Column(scale=2):
             video = gr.Video(label="Surround view (front-left, front, front-right / back-left, back, back-right)",
                              elem_id="drive-video")
-            files = gr.File(label="Every camera's mp4 and frames", interactive=False)
-            message = gr.Markdown(elem_id="drive-message")
+            files = gr.File(label="Every camera's mp4 and frames", interactive=False, visible=False)
     go.click(tab.generate, [model_name, seed, layout, frames, prompt, car, truck, pedestrian, steps],
-             [video, files, message], api_name="generate_driving_video", show_progress_on=[video])
+             [video, files, message], api_name="generate_driving_video", show_progress_on=[message]).then(
+        lambda file: gr.File(visible=file is not None), files, files, api_name=False, show_progress="hidden")
+    stop.click(tab.stop, None, message, api_name=False, concurrency_limit=None, show_progress="hidden")

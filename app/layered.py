@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-import threading
 import uuid
 import warnings
 from dataclasses import replace
@@ -29,6 +28,7 @@ from app.files import WorkFolder, unpack_session_zip
 from app.masks import rough_mask, upscale
 from app.models import ModelCache
 from app.sessions import SessionGone, SessionStore
+from app.stopping import STOPPED_MESSAGE, StopFlags, Stopped
 from pipelines.conditioning import UnknownWordsWarning
 from pipelines.layered_edit import EditSettings, LayeredEditPipeline, LayeredSession, MaskResizedWarning
 from pipelines.layered_edit.session_format import session_model
@@ -52,10 +52,6 @@ EXAMPLES = [["a red circle", 1, "top left"], ["a blue square", 2, "bottom right"
 EXPORT_SIDE = 1024  # the upscaled composite in an export is at least this many pixels on a side
 
 
-class Stopped(Exception):
-    """The user pressed Stop: the edit ends at its next step and changes nothing."""
-
-
 class LayeredTab:
     def __init__(self, models: ModelCache, work: WorkFolder, store: SessionStore | None = None,
                  settings: EditSettings | None = None):
@@ -64,8 +60,7 @@ class LayeredTab:
         self.store = store or SessionStore()
         # every session of the app edits at one size: the default model's unless the settings say
         self.settings = (settings or EditSettings()).sized_for(self.models.get(None, LayeredEditPipeline))
-        self._stop: set[str] = set()
-        self._stop_lock = threading.Lock()
+        self.stops = StopFlags()
 
     def session_bytes(self) -> int:
         """The most a saved session of this app can hold: saved_layers layers at its size and most steps."""
@@ -108,12 +103,10 @@ class LayeredTab:
         and change nothing. replaces: the result is a new scene, and the one it replaces is kept for Undo: "scene" (a
         new scene; unless it is a fork that goes on from the old one, whose history holds it already) or
         "upload" (a resumed session, whose history is its own)."""
-        with self._stop_lock:
-            self._stop.discard(key)
+        self.stops.clear(key)
 
         def callback(i, n):
-            if key in self._stop:
-                raise Stopped()
+            self.stops.check(key)
             if progress is not None:
                 progress(i / n, desc=f"denoising {i}/{n}")
         try:
@@ -127,12 +120,11 @@ class LayeredTab:
                     self.store.forget_forward(key)
             notes = [str(w.message) for w in caught if issubclass(w.category, NOTED_WARNINGS)]
         except Stopped:
-            return (gr.skip(),) * 3 + ("Stopped; the scene is as it was.",) + (gr.skip(),) * 3
+            return (gr.skip(),) * 3 + (STOPPED_MESSAGE,) + (gr.skip(),) * 3
         except Exception as err:  # the message only: the strokes and the scene stay as they were
             return (gr.skip(),) * 3 + (_warn(err),) + (gr.skip(),) * 3
         finally:
-            with self._stop_lock:
-                self._stop.discard(key)
+            self.stops.clear(key)
         said = done(session) if callable(done) else done
         selected = selected(session) if callable(selected) else selected
         return self._view(session, " ".join([said] + list(dict.fromkeys(notes))).strip(), selected)
@@ -249,8 +241,7 @@ class LayeredTab:
 
     def stop(self, key):
         """Ask the running edit of this page to stop at its next step."""
-        with self._stop_lock:
-            self._stop.add(key)
+        self.stops.stop(key)
         return "Stopping…"
 
     def select(self, key, evt: gr.SelectData):
@@ -568,7 +559,8 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
     key = gr.State(lambda: uuid.uuid4().hex, delete_callback=lambda k: store.drop(k))
     # The status line: at the top, where the progress of every edit is drawn and every message lands.
     message = gr.Markdown("Start a scene from a prompt (or your own image), then paint where a new object "
-                          "should go and describe it.", elem_id="message", min_height=48)
+                          "should go and describe it.", elem_id="message", elem_classes=["status"],
+                          min_height=48)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             scene_prompt = gr.Textbox(value="an empty scene of grass", label="Scene prompt", elem_id="scene-prompt",

@@ -23,6 +23,7 @@ from app.driving import _whole
 from app.files import WorkFolder, unpack_dataset_zip
 from app.layered import _warn
 from app.models import ModelCache
+from app.stopping import STOPPED_MESSAGE, StopFlags, Stopped
 from pipelines.multiview_edit import MultiViewEditPipeline, write_views
 from pipelines.multiview_edit.cli import METHODS, grid_png, prepare
 from qnerf import FitSettings
@@ -35,11 +36,19 @@ METHOD_LABELS = {"QNeRF guidance (the paper)": "guidance", "QNeRF blend (faster)
 class MultiViewTab:
     def __init__(self, models: ModelCache, work: WorkFolder):
         self.models, self.work = models, work
+        self.stops = StopFlags()
+
+    def stop(self, request: gr.Request):
+        """Stop: the page's running edit ends at its next denoising step."""
+        self.stops.stop(getattr(request, "session_hash", None))
+        return "Stopping…"
 
     def generate(self, model_name, seed, dataset_zip, object_index, move_x, move_y, scale, colour, method, steps,
-                 fit_seconds, progress=gr.Progress()):
+                 fit_seconds, progress=gr.Progress(), request: gr.Request = None):
         """(grid PNG path, turntable mp4 path, zip of the edited dataset, message)."""
         folder = None
+        page = getattr(request, "session_hash", None)
+        self.stops.clear(page)
         try:
             steps = _whole(steps, "steps", 1, 50)
             edit = {"object": _whole(object_index, "object", 0, 63)}
@@ -66,6 +75,7 @@ class MultiViewTab:
             total = steps
 
             def step_done(pipe_, i, t, tensors):
+                self.stops.check(page)
                 if progress is not None:
                     progress((i + 1) / total, desc=f"step {i + 1}/{total}")
                 return tensors
@@ -96,7 +106,9 @@ class MultiViewTab:
         except Exception as err:
             if folder is not None:
                 self.work.forget(folder)
-            return None, None, None, _warn(err)
+            return None, None, None, STOPPED_MESSAGE if isinstance(err, Stopped) else _warn(err)
+        finally:
+            self.stops.clear(page)
 
     def _inputs(self, seed, dataset_zip, edit: dict, scratch: Path) -> tuple[dict, dict]:
         edit_file = scratch / "edit.json"
@@ -116,6 +128,8 @@ def build_multiview_tab(tab: MultiViewTab, model_name: gr.Dropdown) -> None:
     """The tab's components and events, inside the caller's `gr.Tab`."""
     from world.vocab import COLOURS
 
+    message = gr.Markdown("Pick an orbit scene (or upload a dataset), describe the 3D edit, and Edit every view.",
+                          elem_id="mv-message", elem_classes=["status"], min_height=48)
     with gr.Row():
         with gr.Column():
             seed = gr.Number(value=0, precision=0, label="Orbit scene (a seed of the toy world)")
@@ -131,12 +145,15 @@ def build_multiview_tab(tab: MultiViewTab, model_name: gr.Dropdown) -> None:
             with gr.Accordion("Advanced", open=False):
                 steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
                 fit_seconds = gr.Slider(1, 30, value=10, step=1, label="Seconds per QNeRF fit")
-            go = gr.Button("Edit every view", variant="primary", elem_id="mv-generate")
+            with gr.Row():
+                go = gr.Button("Edit every view", variant="primary", elem_id="mv-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="mv-stop", min_width=60)
         with gr.Column(scale=2):
             grid = gr.Image(label="Source views (top) and edited views (bottom)", type="filepath", elem_id="mv-grid")
             turntable = gr.Video(label="Turntable of the edited views", elem_id="mv-turntable")
-            files = gr.File(label="The edited views as a nerfstudio dataset folder", interactive=False)
-            message = gr.Markdown(elem_id="mv-message")
+            files = gr.File(label="The edited views as a nerfstudio dataset folder", interactive=False, visible=False)
     go.click(tab.generate, [model_name, seed, dataset, object_index, move_x, move_y, scale, colour, method, steps,
                             fit_seconds], [grid, turntable, files, message], api_name="edit_multiview",
-             show_progress_on=[grid])
+             show_progress_on=[message]).then(
+        lambda file: gr.File(visible=file is not None), files, files, api_name=False, show_progress="hidden")
+    stop.click(tab.stop, None, message, api_name=False, concurrency_limit=None, show_progress="hidden")

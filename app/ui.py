@@ -35,7 +35,7 @@ CSS = """
 #composite img, #mask-preview img { width: 100%; height: 100%; object-fit: contain; }
 #layers .thumbnail-item img { object-fit: contain; }
 #layers .caption-label { white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%; }
-#message { font-size: 1.05em; position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary);
+.status { font-size: 1.05em; position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary);
            padding: 4px 0; }
 .gradio-container { overflow: clip !important; }  /* clips as "hidden" did, without the scroll box that stops sticky */
 @media (max-width: 700px) {

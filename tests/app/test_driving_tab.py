@@ -3,6 +3,7 @@ values are messages, and a failed request leaves nothing in the work folder."""
 
 import json
 import zipfile
+from types import SimpleNamespace
 
 import pytest
 from diffusers import StableDiffusionControlNetPipeline
@@ -59,3 +60,18 @@ def test_a_bad_layout_file_is_named(tab, tmp_path):
     path.write_text(json.dumps(data))
     _, _, text = tab.generate(None, 0, str(path), 1, "a street view", "", "", "", 1, progress=None)
     assert "layout.rig" in text and str(tmp_path) not in text
+
+
+def test_stop_ends_the_generation_after_its_frame_and_leaves_nothing(tab):
+    """Guards: a long driving video with no way to stop it (the layered tab's Stop, same pattern)."""
+    page = SimpleNamespace(session_hash="page-1")
+    calls = []
+
+    def progress(fraction, desc=""):
+        calls.append(desc)
+        tab.stop(page)
+    before = tab.work.size()
+    video, archive, message = tab.generate(None, 3, None, 2, "a street view", "", "", "", 1, progress=progress,
+                                           request=page)
+    assert message.startswith("Stopped") and video is None and archive is None
+    assert tab.work.size() == before

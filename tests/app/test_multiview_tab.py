@@ -3,6 +3,7 @@ the edited dataset as a zip out; bad values and bad zips are messages that leave
 
 import shutil
 import zipfile
+from types import SimpleNamespace
 from dataclasses import replace
 
 import pytest
@@ -70,3 +71,19 @@ def test_bad_zips_are_named_without_server_paths(tab, tmp_path):
                           (empty_scene, "one transforms.json")):
         _, _, _, text = tab.generate(progress=None, **(VALUES | dict(dataset_zip=str(path))))
         assert message in text and str(tmp_path) not in text, text
+
+
+def test_stop_ends_the_edit_at_its_next_step_and_leaves_nothing(tab):
+    """Guards: a long multi-view edit with no way to stop it (the layered tab's Stop, same pattern)."""
+    page = SimpleNamespace(session_hash="page-1")
+    calls = []
+
+    def progress(fraction, desc=""):
+        calls.append(desc)
+        tab.stop(page)  # pressed during the first step
+    before = tab.work.size()
+    grid, turntable, archive, message = tab.generate(progress=progress, request=page, **VALUES)
+    assert message.startswith("Stopped") and grid is None and archive is None and len(calls) == 1
+    assert tab.work.size() == before
+    grid, *_ = tab.generate(progress=None, request=page, **VALUES)  # the next edit is not stopped
+    assert grid is not None
