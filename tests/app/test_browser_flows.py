@@ -230,9 +230,12 @@ def test_on_a_phone_the_tool_strip_leaves_the_picture_free_and_strokes_land_wher
     scale = zoom * DISPLAY  # screen pixels per image pixel: the picture is shown at DISPLAY× and zoomed
     dx, dy = -0.25 * size * scale, -0.25 * size * scale  # the centre of the top-left quarter
     _paint(page, dx, dy)  # a diagonal from there, 35 × 21 screen pixels
+    page.fill("#layer-prompt textarea, #layer-prompt input", "a purple triangle on a phone")
     page.click("#add-layer")
     _wait_for_message(page, "Added layer 1")
-    session = max(store._sessions.values(), key=lambda entry: entry[1])[0]  # the page's, used last
+    # this page's session: the store is shared with other tests (whose clocks may have been shifted)
+    session = next(entry[0] for entry in store._sessions.values()
+                   if entry[0].layers[-1].prompt == "a purple triangle on a phone")
     rows, cols = np.nonzero(session.layers[1].rough_mask)
     want = (size / 4 + 10.5 / scale, size / 4 + 17.5 / scale)  # the stroke's middle, in image pixels
     assert abs(rows.mean() - want[0]) < 2 and abs(cols.mean() - want[1]) < 2, \
