@@ -234,3 +234,22 @@ def test_a_resumed_session_keeps_its_undo_history_and_the_page_its_scene(tab, tm
     assert len(tab.store.get("page").layers) == 1
     assert "Brought back" in _msg(tab.undo("page"))
     np.testing.assert_array_equal(_composite(tab, "page"), snow)
+
+
+def test_inversion_re_edit_and_a_removal_that_replays_report_their_steps(tab, tmp_path):
+    """Guards: remove, re-edit and inversion showing only a timer (no steps reached the progress bar)."""
+    seen = []
+
+    def progress(fraction, desc=""):
+        seen.append(desc)
+    picture = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    tab.start_from_image("k", None, picture, "DDIM inversion", progress=progress)
+    assert seen and seen[-1] == f"denoising {SETTINGS.steps}/{SETTINGS.steps}", seen
+    tab.add_layer("k", _editor(tmp_path, (8, 40, 8, 40)), "a red circle", 1, False, progress=None)
+    tab.add_layer("k", _editor(tmp_path, (20, 60, 20, 60), "t.png"), "a blue square", 2, False, progress=None)
+    seen.clear()
+    assert _msg(tab.edit_layer("k", 1, None, "a black circle", False, progress=progress)).startswith("Re-edited")
+    assert len(seen) >= SETTINGS.steps  # the layer itself, then the overlapping square replayed
+    seen.clear()
+    assert _msg(tab.remove_layer("k", 1, "re-draw them from their seeds", progress=progress)).startswith("Removed")
+    assert len(seen) == SETTINGS.steps  # the square, re-drawn from its seed
