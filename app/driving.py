@@ -16,7 +16,7 @@ import gradio as gr
 import torch
 
 from app.files import WorkFolder
-from app.layered import _warn
+from app.layered import _warn, _whole, reveal_file
 from app.models import ModelCache
 from app.stopping import STOPPED_MESSAGE, StopFlags, Stopped
 from formats.layout import StreetClip
@@ -81,14 +81,6 @@ class DrivingTab:
         return sample_street_clip(_whole(seed, "seed", 0, 2**31 - 1), n_frames=MAX_APP_FRAMES)
 
 
-def _whole(value, name: str, low: int, high: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name}: expected a whole number in {low}..{high}, got {value!r}")
-    return value
-
-
 def build_driving_tab(tab: DrivingTab, model_name: gr.Dropdown) -> None:
     """The tab's components and events, inside the caller's `gr.Tab`: the status line at the top (progress
     and messages, as in the layered tab), the inputs, the outputs; the zip's box shows once it holds one."""
@@ -112,7 +104,7 @@ def build_driving_tab(tab: DrivingTab, model_name: gr.Dropdown) -> None:
             video = gr.Video(label="Surround view (front-left, front, front-right / back-left, back, back-right)",
                              elem_id="drive-video")
             files = gr.File(label="Every camera's mp4 and frames", interactive=False, visible=False)
-    go.click(tab.generate, [model_name, seed, layout, frames, prompt, car, truck, pedestrian, steps],
-             [video, files, message], api_name="generate_driving_video", show_progress_on=[message]).then(
-        lambda file: gr.File(visible=file is not None), files, files, api_name=False, show_progress="hidden")
+    reveal_file(go.click(tab.generate, [model_name, seed, layout, frames, prompt, car, truck, pedestrian, steps],
+                         [video, files, message], api_name="generate_driving_video", show_progress_on=[message]),
+                files)
     stop.click(tab.stop, None, message, api_name=False, concurrency_limit=None, show_progress="hidden")

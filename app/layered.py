@@ -83,7 +83,7 @@ class LayeredTab:
         if session is None or not session.layers:
             blank = {"background": None, "layers": [], "composite": None}
             return blank, None, [], message, None, None, gr.CheckboxGroup(choices=[], value=[])
-        gallery = [(upscale(cutout(session, i), 2), f"{i}: {layer.prompt}") for i, layer in enumerate(session.layers)]
+        gallery = [(upscale(session.layer_cutout(i), 2), f"{i}: {layer.prompt}") for i, layer in enumerate(session.layers)]
         editor = {"background": upscale(session.composite, DISPLAY), "layers": [], "composite": None}
         shown = selected if selected is not None else len(session.layers) - 1
         objects = list(range(1, len(session.layers)))
@@ -389,16 +389,6 @@ IMAGE_METHODS = {"DDIM inversion": "inversion", "forward noising (fast)": "noise
 NOTED_WARNINGS = (MaskResizedWarning, UnknownWordsWarning)
 
 
-def cutout(session: LayeredSession, index: int) -> np.ndarray:
-    """Layer index on its own: the background's RGB picture (index 0), or an object layer's RGBA
-    cut-out — its pixels where it visibly changed the scene (its object), transparent elsewhere."""
-    layer = session.layers[index]
-    if index == 0:
-        return layer.image
-    alpha = (layer.object_mask * 255).astype(np.uint8)
-    return np.dstack([layer.image, alpha])
-
-
 def with_hidden(session: LayeredSession, hidden) -> np.ndarray:
     """The composite with the layers in hidden left out, as a view: each shown layer's changed pixels
     (wherever its picture differs from the one below it) laid over the background in order. With none
@@ -431,7 +421,7 @@ def export_layers(session: LayeredSession, folder) -> None:
     factor = max(1, -(-EXPORT_SIDE // max(session.composite.shape[:2])))
     Image.fromarray(upscale(session.composite, factor)).save(folder / "composite_large.png")
     for i, layer in enumerate(session.layers):
-        Image.fromarray(cutout(session, i)).save(folder / f"layer_{i:02d}.png")
+        Image.fromarray(session.layer_cutout(i)).save(folder / f"layer_{i:02d}.png")
         if i:
             Image.fromarray((layer.rough_mask * 255).astype(np.uint8)).save(folder / f"mask_{i:02d}.png")
 
@@ -451,6 +441,12 @@ def _warn(err: Exception) -> str:
         logger.exception("unexpected error in a request")
         text = f"something went wrong on the server ({type(err).__name__}); the scene is as it was"
     return f"⚠️ {text}"
+
+
+def reveal_file(event, files: gr.File) -> None:
+    """After event (which outputs files): the file box is shown only while it holds a file (an empty
+    one is a tall placeholder)."""
+    event.then(lambda file: gr.File(visible=file is not None), files, files, api_name=False, show_progress="hidden")
 
 
 def _whole(value, name: str, low: int, high: int) -> int:
@@ -655,7 +651,5 @@ def build_layered_tab(tab: LayeredTab, model_name: gr.Dropdown) -> None:
     preset.change(tab.paint_preset, [key, preset], [editor, message], api_name=False, show_progress="hidden")
     layers.select(tab.select, [key], [selected, preview, message], api_name=False, show_progress="hidden")
     for button, write, name in ((save, tab.download_session, "download_session"), (export, tab.export_png, "export_png")):
-        # the file box shows only while it holds a file (empty, it was a tall placeholder)
-        button.click(write, key, [files, message], api_name=name, **shown).then(
-            lambda file: gr.File(visible=file is not None), files, files, api_name=False, show_progress="hidden")
+        reveal_file(button.click(write, key, [files, message], api_name=name, **shown), files)
     resume.upload(tab.upload_session, [key, model_name, resume], view, api_name="upload_session", **shown)

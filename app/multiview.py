@@ -19,9 +19,8 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from app.driving import _whole
 from app.files import WorkFolder, unpack_dataset_zip
-from app.layered import _warn
+from app.layered import _warn, _whole, reveal_file
 from app.models import ModelCache
 from app.stopping import STOPPED_MESSAGE, StopFlags, Stopped
 from pipelines.multiview_edit import MultiViewEditPipeline, write_views
@@ -152,8 +151,7 @@ def build_multiview_tab(tab: MultiViewTab, model_name: gr.Dropdown) -> None:
             grid = gr.Image(label="Source views (top) and edited views (bottom)", type="filepath", elem_id="mv-grid")
             turntable = gr.Video(label="Turntable of the edited views", elem_id="mv-turntable")
             files = gr.File(label="The edited views as a nerfstudio dataset folder", interactive=False, visible=False)
-    go.click(tab.generate, [model_name, seed, dataset, object_index, move_x, move_y, scale, colour, method, steps,
-                            fit_seconds], [grid, turntable, files, message], api_name="edit_multiview",
-             show_progress_on=[message]).then(
-        lambda file: gr.File(visible=file is not None), files, files, api_name=False, show_progress="hidden")
+    reveal_file(go.click(tab.generate, [model_name, seed, dataset, object_index, move_x, move_y, scale, colour, method,
+                                        steps, fit_seconds], [grid, turntable, files, message],
+                         api_name="edit_multiview", show_progress_on=[message]), files)
     stop.click(tab.stop, None, message, api_name=False, concurrency_limit=None, show_progress="hidden")

@@ -165,7 +165,7 @@ def run(script: Script, out: Path, model: str | None = None, overwrite: bool = F
 def run_script(script: Script, pipe: LayeredEditPipeline, folder: Path, seed_offset: int = 0,
                progress: bool = False) -> LayeredSession:
     """The edits of a checked script with a loaded pipeline, written into folder: step_NN.png after each,
-    layers/layer_NN.png and the saved session. seed_offset is added to every seed (a batch job's seed)."""
+    layers/layer_NN.png (each layer's own cut-out, `LayeredSession.layer_cutout`) and the saved session. seed_offset is added to every seed (a batch job's seed)."""
     try:
         session = LayeredSession(pipe, script.settings)
     except ValueError as err:  # a size the model's VAE cannot take
@@ -189,8 +189,8 @@ def run_script(script: Script, pipe: LayeredEditPipeline, folder: Path, seed_off
                 raise ValueError(f"layers[{i}].{err}") from None
             Image.fromarray(session.composite).save(folder / f"step_{i + 1:02d}.png")
             bar.update(1)
-        for i, image in enumerate(session.layer_images()):
-            Image.fromarray(image).save(folder / "layers" / f"layer_{i:02d}.png")
+        for i in range(len(session.layers)):  # each layer's own cut-out (the step_NN.png are the composites)
+            Image.fromarray(session.layer_cutout(i)).save(folder / "layers" / f"layer_{i:02d}.png")
         session.save(folder / "session")
     return session
 

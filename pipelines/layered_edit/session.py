@@ -62,6 +62,15 @@ class LayeredSession:
     def layer_images(self) -> list[np.ndarray]:
         return [layer.image for layer in self.layers]
 
+    def layer_cutout(self, index: int) -> np.ndarray:
+        """Layer index on its own: the background's RGB picture (index 0), or an object layer's RGBA
+        cut-out — its pixels where it visibly changed the scene (its object), transparent elsewhere."""
+        self._check_index(index)
+        layer = self.layers[index]
+        if index == 0:
+            return layer.image
+        return np.dstack([layer.image, (layer.object_mask * 255).astype(np.uint8)])
+
     def fork(self, **settings) -> "LayeredSession":
         """A copy with its own layer list and history (layers themselves are immutable and shared), and
         the given settings changed (e.g. replay="seed"): a change tried on it leaves this one as it was."""
