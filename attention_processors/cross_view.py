@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from attention_processors.controller import AttentionController
@@ -41,6 +43,36 @@ def zero_projection(dim: int) -> nn.Linear:
     nn.init.zeros_(projection.weight)
     nn.init.zeros_(projection.bias)
     return projection
+
+
+class CrossViewProjections(ModelMixin, ConfigMixin):
+    """The trainable part of cross-view attention: one zero-initialised output projection per
+    self-attention layer of a UNet, keyed by the layer's install name (`for_model` builds it for a
+    model; `training.train --stage crossview` trains it; `save_pretrained` / `from_pretrained` as any
+    diffusers model). `as_dict()` is what `ViewState.projections` takes."""
+
+    @register_to_config
+    def __init__(self, layers: list[str], dims: list[int]):
+        super().__init__()
+        if len(layers) != len(dims) or len(set(layers)) != len(layers):
+            raise ValueError(f"layers, dims: expected distinct layer names, one width each; got {len(layers)} "
+                             f"names ({len(set(layers))} distinct) and {len(dims)} widths")
+        self.projections = nn.ModuleList(zero_projection(d) for d in dims)
+
+    @classmethod
+    def for_model(cls, model) -> "CrossViewProjections":
+        """Zero projections for every self-attention layer of `model` (a UNet), as installed by name."""
+        layers, dims = [], []
+        for name, module in model.named_modules():
+            if isinstance(module, Attention) and not module.is_cross_attention:
+                layers.append(f"{name}.processor")
+                dims.append(module.to_v.out_features)
+        if not layers:
+            raise ValueError(f"model: {type(model).__name__} has no self-attention layer to project")
+        return cls(layers, dims)
+
+    def as_dict(self) -> dict[str, nn.Module]:
+        return dict(zip(self.config.layers, self.projections))
 
 
 @dataclass

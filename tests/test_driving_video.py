@@ -15,10 +15,14 @@ from diffusers import StableDiffusionControlNetPipeline
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from attention_processors import AttentionController
-from attention_processors.cross_view import CrossViewProcessor, ViewState, ring_neighbours, zero_projection
+from attention_processors.cross_view import (CrossViewProcessor, CrossViewProjections, ViewState, ring_neighbours,
+                                              zero_projection)
+from attention_processors.install import installed_processors, is_cross_attention
+from attention_processors.regions import RegionState
 from attention_processors.temporal import frame_index
 from formats import StreetClip
 from pipelines.driving_video import DrivingVideoPipeline, write_video
+from pipelines.driving_video.pipeline import CONTROLNET_PREFIX, view_processors
 from tests.tiny_models import sd1_components, tiny_controlnet
 from world.street import make_rig, sample_street_clip
 
@@ -174,3 +178,59 @@ def test_cross_view_attention_changes_the_video_and_is_removed_after(pipe, clip)
     alone = pipe(clip, generator=torch.Generator().manual_seed(3), cross_view=False, temporal=False, **kwargs).frames
     assert not np.array_equal(joint, alone)  # guards against cross-view attention silently not installed
     assert all(not isinstance(p, CrossViewProcessor) for p in pipe.unet.attn_processors.values())
+
+
+def test_trained_projections_are_a_pipeline_component_that_loads_and_can_be_switched_off(pipe, clip, tmp_path):
+    """Guards against trained projections that are saved but never read (the video unchanged), that leak
+    into the parameter-free run, or that a pipeline folder drops on save / load."""
+    projections = CrossViewProjections.for_model(pipe.unet)
+    assert set(projections.config.layers) == {n for n in pipe.unet.attn_processors if not is_cross_attention(n)}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in projections.parameters():
+            p.normal_(std=0.3)  # as if trained
+    projections.save_pretrained(tmp_path / "projections")
+    loaded = CrossViewProjections.from_pretrained(tmp_path / "projections")
+    for a, b in zip(projections.parameters(), loaded.parameters()):
+        torch.testing.assert_close(a, b)
+    with_projections = DrivingVideoPipeline(**{k: getattr(pipe, k) for k in (
+        "vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")}, view_projections=loaded)
+    with_projections.set_progress_bar_config(disable=True)
+    kwargs = dict(num_frames=2, num_inference_steps=2)
+    trained = with_projections(clip, generator=torch.Generator().manual_seed(3), **kwargs).frames
+    free = with_projections(clip, generator=torch.Generator().manual_seed(3), use_view_projections=False, **kwargs).frames
+    np.testing.assert_array_equal(free, pipe(clip, generator=torch.Generator().manual_seed(3), **kwargs).frames)
+    assert not np.array_equal(trained, free)
+    with_projections.save_pretrained(tmp_path / "pipeline")
+    again = DrivingVideoPipeline.from_pretrained(tmp_path / "pipeline")
+    again.set_progress_bar_config(disable=True)
+    assert isinstance(again.view_projections, CrossViewProjections)
+    np.testing.assert_array_equal(again(clip, generator=torch.Generator().manual_seed(3), **kwargs).frames, trained)
+
+
+def test_the_controlnet_and_the_unet_keep_their_own_prompt_keys():
+    """MQD caches each layer's projected prompt keys by layer name, and a ControlNet's layers are named as
+    the UNet's. Guards against the UNet reading the keys the ControlNet's own (trained, different)
+    projections made for the same-named layer (the driving pipeline did so before the ControlNet's layers
+    were named apart)."""
+    components = sd1_components()
+    unet = components["unet"]
+    controlnet = tiny_controlnet(unet)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, module in controlnet.named_modules():
+            if isinstance(module, Attention) and module.is_cross_attention:
+                module.to_k.weight.normal_()  # a trained ControlNet's projections are its own
+    latents, control = torch.randn(4, 4, 8, 8), torch.rand(4, 4, 16, 16)
+    hidden = torch.randn(4, 2 * 77, 32)
+    labels = torch.zeros(8, 8, dtype=torch.long)
+    labels[2:6, 2:6] = 1
+
+    def unet_output(controlnet_first: bool) -> torch.Tensor:
+        controller = AttentionController(regions=RegionState(labels, 2, shared_rows=2))
+        with torch.no_grad(), installed_processors(unet, view_processors(controller)), \
+                installed_processors(controlnet, view_processors(controller, CONTROLNET_PREFIX)):
+            if controlnet_first:
+                controlnet(latents, 10, encoder_hidden_states=hidden, controlnet_cond=control, return_dict=False)
+            return unet(latents, 10, encoder_hidden_states=hidden).sample
+    torch.testing.assert_close(unet_output(True), unet_output(False), atol=1e-6, rtol=1e-6)

@@ -12,6 +12,11 @@ prompts: each box class's projected region attends to that class's prompt throug
 region-attention call per cross-attention layer), the rest to the scene prompt. Memory does not grow
 with the video's length: only the carried frames' trajectories are kept between windows.
 
+Cross-view attention is parameter-free unless the pipeline has trained projections (the optional
+`view_projections` component, a `CrossViewProjections`: `training.train --stage crossview`; the embedded
+model ships them in weights/world-crossview): each UNet self-attention layer then adds a projection of
+the extended attention to its plain self-attention (the ControlNet's layers stay parameter-free).
+
     pipe = DrivingVideoPipeline.from_pretrained(folder)      # a folder with controlnet/, or controlnet=…
     video = pipe(StreetClip.load("clip.json"), "a street view", {"car": "a blue car"}).frames  # (F, V, H, W, 3)
 """
@@ -24,7 +29,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from attention_processors import AttentionController, MultiQueryDisentangledProcessor, RegionState, installed_processors
-from attention_processors.cross_view import CrossViewProcessor, ViewState
+from attention_processors.cross_view import CrossViewProcessor, CrossViewProjections, ViewState
 from attention_processors.install import is_cross_attention
 from attention_processors.temporal import frame_index
 from formats.layout import CLASSES, StreetClip
@@ -37,7 +42,28 @@ MAX_FRAMES = 1000
 STREET_MAX_DEPTH = 40.0  # metres at which the control map's depth reaches 0 (the ControlNet's training)
 
 
+CONTROLNET_PREFIX = "controlnet:"  # the ControlNet's layers are named apart: the projections are the UNet's
+
+
+def view_processors(controller: AttentionController, prefix: str = ""):
+    """make_processor for `installed_processors`: MQD on cross-attention (with regions), cross-view
+    attention on self-attention (with views), each layer known to the controller as prefix + name."""
+    def make(name, original):
+        if is_cross_attention(name):
+            return MultiQueryDisentangledProcessor(controller, prefix + name, original) if controller.regions else None
+        return CrossViewProcessor(controller, prefix + name, original) if controller.views else None
+    return make
+
+
 class DrivingVideoPipeline(ControlNetPipelineBase):
+    _optional_components = [*ControlNetPipelineBase._optional_components, "view_projections"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, safety_checker=None,
+                 feature_extractor=None, image_encoder=None, requires_safety_checker: bool = False,
+                 view_projections: CrossViewProjections | None = None):
+        super().__init__(vae, text_encoder, tokenizer, unet, controlnet, scheduler)
+        self.register_modules(view_projections=view_projections)
+
     def check_inputs(self, layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps):
         """Each bad argument is a ValueError that names it."""
         if not isinstance(self.scheduler, self.required_scheduler):
@@ -96,14 +122,14 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
                  num_frames: int | None = None, window: int = 4, overlap: int = 1, num_inference_steps: int = 20,
                  guidance_scale: float = 4.0, negative_prompt: str = "", controlnet_conditioning_scale: float = 1.0,
                  generator: torch.Generator | None = None, cross_view: bool = True, temporal: bool = True,
-                 view_projections: dict | None = None, output_type: str = "np", return_dict: bool = True,
+                 use_view_projections: bool = True, output_type: str = "np", return_dict: bool = True,
                  frame_callback=None):
         """Generate num_frames (default: all of the layout's) × every camera of the rig.
 
         local_prompts: {class: prompt} for the classes whose boxes get their own prompt (None: the
         scene prompt everywhere). cross_view / temporal switch those attentions off (ablations);
-        view_projections: {layer install name: module}, trained output projections (see
-        attention_processors.cross_view). frame_callback(f, images (V, H, W, 3)) is called as each frame
+        use_view_projections: with False, cross-view attention is parameter-free even when the pipeline
+        has trained projections (the `view_projections` component). frame_callback(f, images (V, H, W, 3)) is called as each frame
         is decoded (write a long video as it comes, without keeping it). Returns a
         `DrivingVideoPipelineOutput` with frames (F, V, H, W, 3) uint8 (None for output_type "none").
         """
@@ -118,6 +144,9 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
         latent_shape = (self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         classes = [c for c in CLASSES if local_prompts and c in local_prompts]
         prompts = [prompt] + [local_prompts[c] for c in classes]
+        projections = {}
+        if use_view_projections and getattr(self, "view_projections", None) is not None:
+            projections = self.view_projections.as_dict()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
 
@@ -142,20 +171,14 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
                                           segment_length=hidden.shape[1] // len(prompts), shared_rows=groups)
                 views = None
                 if cross_view or temporal:
-                    views = ViewState(frame_index(len(chunk), n_views, cross_view, temporal, key_frame=0),
-                                      dict(view_projections or {}))
+                    views = ViewState(frame_index(len(chunk), n_views, cross_view, temporal, key_frame=0), projections)
                 controller = AttentionController(regions=regions, views=views)
-
-                def make(name, original, controller=controller):
-                    if is_cross_attention(name):
-                        return MultiQueryDisentangledProcessor(controller, name, original) if controller.regions else None
-                    return CrossViewProcessor(controller, name, original) if controller.views else None
-
                 latents = randn_tensor((len(new) * n_views, *latent_shape), generator=generator, device=device,
                                        dtype=self.unet.dtype)
                 trajectory = [latents]
                 fixed = [kept[f] for f in carried]
-                with installed_processors(self.unet, make), installed_processors(self.controlnet, make):
+                with installed_processors(self.unet, view_processors(controller)), \
+                        installed_processors(self.controlnet, view_processors(controller, CONTROLNET_PREFIX)):
                     for i, t in enumerate(timesteps):
                         controller.begin_step(i, int(t))
                         batch = torch.cat([*(traj[i] for traj in fixed), latents])
