@@ -113,18 +113,34 @@ def torch_path(q, k, v, index, scale=None, q_hat=None, w=0.0):
     if q.device.type == "cpu" and (start := window_start(index)) is not None:
         return _windowed(q, k.contiguous(), v.contiguous(), start, index.shape[1], scale)
     index = index.to(q.device, torch.long)
-    m = index.shape[1]
     valid = index >= 0
-    safe = index.clamp(min=0)
-    # Groups folded into heads: SDPA's fast CPU kernel takes 4-D tensors only (5-D runs ~3× slower).
-    keys = k[:, :, safe].reshape(b, h * g, m * lk, d)
-    values = v[:, :, safe].reshape(b, h * g, m * lk, d)
-    q4 = q.reshape(b, h * g, lq, d)
     if bool(valid.all()):
-        return F.scaled_dot_product_attention(q4, keys, values, scale=scale).reshape(b, h, g, lq, d)
-    mask = valid[None, :, :, None].expand(h, g, m, lk).reshape(h * g, 1, m * lk)
-    out = F.scaled_dot_product_attention(q4, keys, values, attn_mask=mask, scale=scale).reshape(b, h, g, lq, d)
-    return torch.where(valid.any(1)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+        return _gathered(q, k, v, index, scale)
+    # Rows with unused slots: grouped by how many groups they list, each set in one SDPA call without a
+    # mask (a masked SDPA falls back to the math kernel: ~3× slower forward and backward on the CPU).
+    counts = valid.sum(1)
+    compact = index.gather(1, torch.argsort((~valid).to(torch.int8), dim=1, stable=True))  # listed groups first
+    outs, order = [], []
+    for m in counts.unique().tolist():
+        rows = (counts == m).nonzero()[:, 0]
+        order.append(rows)
+        if m == 0:  # a query that lists no group gets zeros
+            outs.append(q.new_zeros(b, h, len(rows), lq, d))
+        else:
+            outs.append(_gathered(q[:, :, rows], k, v, compact[rows, :m], scale))
+    inverse = torch.argsort(torch.cat(order))
+    return torch.cat(outs, dim=2)[:, :, inverse]
+
+
+def _gathered(q, k, v, index, scale):
+    """Every query group attends to the groups its row of `index` lists (no −1), in one SDPA call."""
+    b, h, g, lq, d = q.shape
+    m, lk = index.shape[1], k.shape[3]
+    # Groups folded into heads: SDPA's fast CPU kernel takes 4-D tensors only (5-D runs ~3× slower).
+    keys = k[:, :, index].reshape(b, h * g, m * lk, d)
+    values = v[:, :, index].reshape(b, h * g, m * lk, d)
+    out = F.scaled_dot_product_attention(q.reshape(b, h * g, lq, d), keys, values, scale=scale)
+    return out.reshape(b, h, g, lq, d)
 
 
 if triton is not None:

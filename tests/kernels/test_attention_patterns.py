@@ -108,6 +108,24 @@ def test_window_patterns_read_overlapping_views_and_match_the_reference():
         _close(neighbour.torch_path(q, k, v, index), neighbour.reference(q, k, v, index), torch.float64)
 
 
+def test_neighbour_torch_path_with_unused_slots_anywhere_matches_the_reference_and_its_gradients():
+    """The torch path sets rows apart by how many groups they list (no masked SDPA). Guards against a
+    row read with the wrong groups (−1 slots first or in the middle, rows of 0 … M groups, repeats)
+    and against gradients that do not reach q, k and v as the reference's do (the crossview training
+    stage runs backward through it). Float64, tolerance 1e-7."""
+    gen = torch.Generator().manual_seed(5)
+    index = torch.tensor([[0, 1, -1, 2], [-1, -1, 1, -1], [2, 2, 0, 1], [-1, -1, -1, -1], [4, -1, 3, -1]])
+    leaves = [torch.randn(2, 3, 5, 6, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    up = torch.randn(2, 3, 5, 6, 8, generator=gen, dtype=torch.float64)
+    out = neighbour.torch_path(*leaves, index)
+    ref = neighbour.reference(*leaves, index)
+    torch.testing.assert_close(out, ref, atol=1e-7, rtol=1e-7)
+    grads = torch.autograd.grad((out * up).sum(), leaves)
+    expected = torch.autograd.grad((ref * up).sum(), leaves)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-7)
+
+
 def test_neighbour_query_with_no_groups_is_zero_not_nan():
     q, k, v = _rand(1, 1, 2, 8, 16, seed=0), _rand(1, 1, 2, 8, 16, seed=1), _rand(1, 1, 2, 8, 16, seed=2)
     index = torch.tensor([[0, 1], [-1, -1]])
