@@ -9,7 +9,7 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
-from pipelines.loading import EMBEDDED, load_controlnet, load_pipeline
+from pipelines.loading import EMBEDDED, load_controlnet, load_pipeline, load_view_projections
 
 
 def model_labels(sources: list[str]) -> dict[str, str]:
@@ -54,8 +54,12 @@ class ModelCache:
         with self._lock:
             if (label, pipeline_class) not in self._pipelines:
                 options = {} if self.dtype is None else {"dtype": self.dtype}
-                if self.sources[label] == EMBEDDED and "controlnet" in inspect.signature(pipeline_class).parameters:
-                    options["controlnet"] = load_controlnet(EMBEDDED, **options)  # shipped beside the model
+                parameters = inspect.signature(pipeline_class).parameters
+                if self.sources[label] == EMBEDDED and "controlnet" in parameters:  # shipped beside the model
+                    extra = {"controlnet": load_controlnet(EMBEDDED, **options)}
+                    if "view_projections" in parameters:
+                        extra["view_projections"] = load_view_projections(EMBEDDED, **options)
+                    options.update(extra)
                 pipe = load_pipeline(self.sources[label], pipeline_class, device=self.device, **options)
                 pipe.set_progress_bar_config(disable=True)
                 self._pipelines[label, pipeline_class] = pipe

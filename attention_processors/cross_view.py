@@ -59,17 +59,23 @@ class CrossViewProjections(ModelMixin, ConfigMixin):
                              f"names ({len(set(layers))} distinct) and {len(dims)} widths")
         self.projections = nn.ModuleList(zero_projection(d) for d in dims)
 
+    @staticmethod
+    def layers_of(model) -> dict[str, int]:
+        """Every self-attention layer of `model` (a UNet) by install name, with its width."""
+        return {f"{name}.processor": module.to_v.out_features for name, module in model.named_modules()
+                if isinstance(module, Attention) and not module.is_cross_attention}
+
     @classmethod
     def for_model(cls, model) -> "CrossViewProjections":
         """Zero projections for every self-attention layer of `model` (a UNet), as installed by name."""
-        layers, dims = [], []
-        for name, module in model.named_modules():
-            if isinstance(module, Attention) and not module.is_cross_attention:
-                layers.append(f"{name}.processor")
-                dims.append(module.to_v.out_features)
+        layers = cls.layers_of(model)
         if not layers:
             raise ValueError(f"model: {type(model).__name__} has no self-attention layer to project")
-        return cls(layers, dims)
+        return cls(list(layers), list(layers.values()))
+
+    def fits(self, model) -> bool:
+        """Whether these projections were made for `model`'s self-attention layers (names and widths)."""
+        return dict(zip(self.config.layers, self.config.dims)) == self.layers_of(model)
 
     def as_dict(self) -> dict[str, nn.Module]:
         return dict(zip(self.config.layers, self.projections))

@@ -3,13 +3,15 @@
     python -m benchmarks.driving_video --clips 3 --seed 0 --frames 4 --steps 10 --json out.json
 
 Table 1, one row per method, all on the embedded model and ControlNet, the same clips, seeds and steps:
-  Strata                        cross-camera + temporal attention + local prompts (one per box class)
+  Strata                        cross-camera + temporal attention + local prompts (one per box class),
+                                parameter-free cross-view attention
+  Strata, trained projections   the same with the trained cross-view projections (--projections; the
+                                embedded model's by default, when it ships them)
   Strata w/o cross-camera       temporal attention and local prompts only
   Strata w/o temporal           cross-camera attention and local prompts only
   Strata w/o local prompts      cross-camera + temporal, the scene prompt everywhere
   independent (ControlNet only) every camera and frame on its own
   ground-truth renders          the world's own renders (the ceiling)
-(the trained cross-view projections are not in this table: no training stage has been run yet.)
 Columns: layout adherence (of the boxes whose silhouette covers ≥ 40 pixels of a view, the fraction
 where the oracle, shading-aware, reads object colours over at least half the silhouette); cross-camera
 error (neighbouring cameras of one frame warped into each other with the true depth and cameras, mean
@@ -36,7 +38,7 @@ from benchmarks.common import machine, mean_se, mean_se_text, print_table, write
 from benchmarks.real_checkpoints import PeakMemory
 from formats.projection import cast_layout
 from pipelines.driving_video import DrivingVideoPipeline
-from pipelines.loading import load_controlnet, load_pipeline
+from pipelines.loading import load_controlnet, load_pipeline, load_view_projections
 from world.geometry import SHADING
 from world.oracle import read_image
 from world.reproject import warp
@@ -45,6 +47,7 @@ from world.street import render_street_frame, sample_street_clip
 CLIPS_PER_SEED = 10_000
 LOCAL = {"car": "a car", "truck": "a truck", "pedestrian": "a pedestrian"}
 METHODS = {"Strata": dict(local=True),
+           "Strata, trained projections": dict(local=True, projections=True),
            "Strata w/o cross-camera": dict(cross_view=False, local=True),
            "Strata w/o temporal": dict(temporal=False, local=True),
            "Strata w/o local prompts": dict(),
@@ -98,15 +101,19 @@ def temporal_error(images: np.ndarray, truth: list[list], clip) -> float:
 def bench_methods(pipe, args) -> dict:
     scores = {m: {"adherence": [], "cross": [], "temporal": [], "seconds": [], "memory": []}
               for m in [*METHODS, "ground-truth renders"]}
+    methods = {name: options for name, options in METHODS.items()
+               if not options.get("projections") or pipe.view_projections is not None}
+    scores = {name: scores[name] for name in [*methods, "ground-truth renders"]}
     for c in tqdm(range(args.clips), desc="clips"):
         clip = sample_street_clip(CLIPS_PER_SEED * args.seed + c, n_frames=args.frames)
         truth = [render_street_frame(clip, f) for f in range(args.frames)]
-        for name, options in METHODS.items():
+        for name, options in methods.items():
             with PeakMemory() as peak:
                 start = time.perf_counter()
                 frames = pipe(clip, "a street view", LOCAL if options.get("local") else None,
                               num_frames=args.frames, window=args.window, num_inference_steps=args.steps,
                               cross_view=options.get("cross_view", True), temporal=options.get("temporal", True),
+                              use_view_projections=options.get("projections", False),
                               generator=torch.Generator().manual_seed(c)).frames
                 seconds = time.perf_counter() - start
             scores[name]["seconds"].append(seconds / (args.frames * len(clip.rig)))
@@ -150,13 +157,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--long", action="store_true", help="also the long-video table")
     parser.add_argument("--long-steps", type=int, default=4)
     parser.add_argument("--long-cameras", type=int, default=3)
+    parser.add_argument("--projections", default="embedded",
+                        help="trained cross-view projections for their row: a folder, 'embedded' or 'none'")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    pipe = load_pipeline("embedded", DrivingVideoPipeline, controlnet=load_controlnet("embedded"))
+    pipe = load_pipeline("embedded", DrivingVideoPipeline, controlnet=load_controlnet("embedded"),
+                         view_projections=load_view_projections(args.projections))
     pipe.set_progress_bar_config(disable=True)
     torch.set_grad_enabled(False)
     result = {"machine": machine(), "clips": args.clips, "seed": args.seed, "frames": args.frames,
-              "steps": args.steps, "window": args.window}
+              "steps": args.steps, "window": args.window, "projections": args.projections}
     rows = result["methods"] = bench_methods(pipe, args)
     print_table(f"Driving video: {args.clips} clips × {args.frames} frames × 6 cameras, {args.steps} steps, seed "
                 f"{args.seed}, {machine()}",

@@ -13,12 +13,15 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, StableDiffusionPipeline
 
+from attention_processors.cross_view import CrossViewProjections
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 EMBEDDED = "embedded"
 EMBEDDED_MODEL = WEIGHTS_DIR / "world-sd"
 EMBEDDED_CONTROLNET = WEIGHTS_DIR / "world-controlnet"
+EMBEDDED_VIEW_PROJECTIONS = WEIGHTS_DIR / "world-crossview"
 
 
 class ModelLoadError(RuntimeError):
@@ -116,3 +119,23 @@ def load_controlnet(model: str | os.PathLike | None = EMBEDDED, **kwargs) -> Con
         if Path(source).exists():
             raise ModelLoadError(f"controlnet: could not load the diffusers folder {source}: {err}") from err
         raise ModelLoadError(_offline_message(source, err)) from err
+
+
+def load_view_projections(model: str | os.PathLike | None = EMBEDDED, **kwargs) -> CrossViewProjections | None:
+    """The driving pipeline's trained cross-view projections (`CrossViewProjections`): the embedded
+    model's (None when it ships none), or a folder saved with `save_pretrained`; "none": None."""
+    if model is not None and str(model) == "none":
+        return None
+    if model is None or str(model) == EMBEDDED:
+        if not (EMBEDDED_VIEW_PROJECTIONS / "config.json").exists():
+            return None
+        model = EMBEDDED_VIEW_PROJECTIONS
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"projections: {str(model)!r} is not a folder saved by CrossViewProjections.save_pretrained "
+                             f"(no config.json); pass such a folder, {EMBEDDED!r} or 'none'")
+    kwargs.setdefault("dtype", torch.float32)
+    try:
+        return CrossViewProjections.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelLoadError(f"projections: could not load {path}: {err}") from err

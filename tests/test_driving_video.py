@@ -208,6 +208,18 @@ def test_trained_projections_are_a_pipeline_component_that_loads_and_can_be_swit
     np.testing.assert_array_equal(again(clip, generator=torch.Generator().manual_seed(3), **kwargs).frames, trained)
 
 
+def test_projections_made_for_another_model_or_a_bad_folder_are_refused(pipe, clip, tmp_path):
+    from pipelines.loading import ModelLoadError, load_view_projections
+    other = CrossViewProjections(["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"], [7])
+    mismatched = DrivingVideoPipeline(**{k: getattr(pipe, k) for k in (
+        "vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")}, view_projections=other)
+    with pytest.raises(ValueError, match="view_projections: made for another UNet"):
+        mismatched(clip, num_frames=1, num_inference_steps=1)
+    with pytest.raises(ModelLoadError, match="projections: .* not a folder saved by"):
+        load_view_projections(tmp_path)
+    assert load_view_projections("none") is None
+
+
 def test_the_controlnet_and_the_unet_keep_their_own_prompt_keys():
     """MQD caches each layer's projected prompt keys by layer name, and a ControlNet's layers are named as
     the UNet's. Guards against the UNet reading the keys the ControlNet's own (trained, different)

@@ -5,12 +5,20 @@ Stages (each resumes from its own last checkpoint in --out/<stage>/):
   t2i         CLIP text encoder + UNet jointly on flat-scene captions, v-prediction, min-SNR
               weighting, 10% caption dropout for classifier-free guidance
   controlnet  ControlNet on orbit and street layout maps + depth, UNet and text encoder frozen
-  export      fp16 safetensors diffusers folders into weights/ (world-sd, world-controlnet)
+  crossview   the driving pipeline's cross-view output projections (one zero-initialised linear layer
+              per UNet self-attention layer, `CrossViewProjections`) on street clips, every camera of
+              --frames frames denoised jointly through cross-camera and temporal attention exactly as
+              `DrivingVideoPipeline` runs them; everything else frozen, starting from the exported
+              model in --weights (world-sd, world-controlnet). Logs a validation loss beside the
+              parameter-free attention's on fixed clips.
+  export      fp16 safetensors diffusers folders into weights/ (world-sd, world-controlnet, and
+              world-crossview), each from the stages that have a checkpoint in --out
 
     python -m training.train --stage vae --steps 3000
     python -m training.train --stage vae --steps 4000 --decoder-only   # later: sharpen the decoder only
     python -m training.train --stage t2i --steps 20000 --batch 48
     python -m training.train --stage controlnet --steps 5000
+    python -m training.train --stage crossview --steps 1500 --batch 2 --frames 2
     python -m training.train --stage export
 
 `accelerate launch -m training.train …` runs the same on GPUs (bf16 autocast there).
@@ -28,18 +36,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline,
+                       StableDiffusionPipeline)
 from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 from tqdm.auto import tqdm
 
+from attention_processors import AttentionController, installed_processors
+from attention_processors.cross_view import CrossViewProjections, ViewState
+from attention_processors.temporal import frame_index
+from formats.projection import control_maps
 from pipelines.conditioning import encode_prompt, images_to_tensor, tensor_to_images
+from pipelines.driving_video.pipeline import (CONTROLNET_PREFIX, STREET_MAX_DEPTH, DrivingVideoPipeline,
+                                              view_processors)
 from world.flat import is_held_out, render_flat, sample_flat_spec
 from world.models import build_components, build_controlnet, scheduler_config
 from world.orbit import control_map, render_orbit, sample_orbit_spec
 from world.street import render_street_frame, sample_street_clip
 
-STAGES = ("vae", "t2i", "controlnet", "export")
+STAGES = ("vae", "t2i", "controlnet", "crossview", "export")
 SAMPLE_CAPTIONS = ["a red circle on grass", "a blue square on sand", "a yellow triangle on water",
                    "an orange circle and a black square on snow", "a pink triangle on road",
                    "a purple square and a red triangle on grass", "an empty scene of water", "a black circle on sand"]
@@ -308,14 +323,139 @@ def write_samples(stage: str, comps: dict, models: dict, ema: EMAModel | None, t
             ema.restore(trainable)
 
 
+# ---- the crossview stage ---------------------------------------------------------------------------
+
+def street_clip_batch(rng: np.random.Generator, clips: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every camera of `frames` frames of `clips` street clips, in the order the driving pipeline batches
+    them (clip by clip, frame-major): images (clips·frames·V, 3, H, W) and their control maps, made as
+    the pipeline makes them (`formats.projection.control_maps`)."""
+    images, controls = [], []
+    for _ in range(clips):
+        clip = sample_street_clip(int(rng.integers(2**31)), n_frames=frames)
+        for f in range(frames):
+            images += [view.rgb for view in render_street_frame(clip, f)]
+            controls.append(control_maps(clip, f, STREET_MAX_DEPTH)[0])
+    return images_to_tensor(images), torch.from_numpy(np.concatenate(controls)).permute(0, 3, 1, 2)
+
+
+def train_crossview(args) -> None:
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed + accelerator.process_index)
+    stage_dir = Path(args.out) / "crossview"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    weights = Path(args.weights)
+    if not (weights / "world-sd" / "model_index.json").exists() or not (weights / "world-controlnet").is_dir():
+        raise SystemExit(f"--weights: expected the exported world-sd/ and world-controlnet/ in {weights} "
+                         "(run the earlier stages and --stage export first)")
+    device = accelerator.device
+    pipe = DrivingVideoPipeline.from_pretrained(
+        weights / "world-sd", controlnet=ControlNetModel.from_pretrained(weights / "world-controlnet", dtype=torch.float32),
+        dtype=torch.float32).to(device)
+    for model in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.controlnet):
+        model.requires_grad_(False)
+    projections = CrossViewProjections.for_model(pipe.unet).to(device)
+    trainable = list(projections.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-2)
+    ema = EMAModel(trainable, decay=args.ema_decay, use_ema_warmup=True)
+    step = 0
+    ckpt = stage_dir / "last.pt"
+    if ckpt.exists() and not args.restart:
+        step, _ = load_checkpoint(ckpt, {"projections": projections}, ema, optimizer)
+        accelerator.print(f"resumed crossview at step {step} from {ckpt}")
+    optimizer = accelerator.prepare(optimizer)
+    ema.to(device)
+    n_views = len(sample_street_clip(0, n_frames=1).rig)
+    groups = args.frames * n_views
+    views = ViewState(frame_index(args.frames, n_views), projections.as_dict())
+    controller = AttentionController(views=views)
+    text = encode_prompt(pipe.tokenizer, pipe.text_encoder, ["a street view", ""], device)
+    scheduler = pipe.scheduler
+    # fixed validation clips, noise and timesteps (a generator apart from the training clips')
+    val_rng = np.random.default_rng(10**9 + args.seed)
+    val = [street_clip_batch(val_rng, 1, args.frames) for _ in range(args.val_clips)]
+    val_t = torch.linspace(100, scheduler.config.num_train_timesteps - 100, len(val)).long()
+    val_noise = torch.Generator().manual_seed(args.seed)
+
+    def loss_on(x, control, t, noise, keep_caption):
+        """Min-SNR-weighted v-prediction loss; t, keep_caption: one per clip, shared by its views."""
+        with torch.no_grad():
+            latents = pipe.vae.encode(x.to(device)).latent_dist.sample() * pipe.vae.config.scaling_factor
+        t_rows = t.to(device).repeat_interleave(groups)
+        noisy = scheduler.add_noise(latents, noise, t_rows)
+        target = scheduler.get_velocity(latents, noise, t_rows)
+        hidden = text[torch.where(keep_caption, 0, 1).repeat_interleave(groups).to(device)]
+        pred = pipe.denoise(noisy, t_rows, hidden, control.to(device))
+        snr = compute_snr(scheduler, t.to(device))
+        weight = (torch.minimum(snr, torch.full_like(snr, args.snr_gamma)) / (snr + 1)).repeat_interleave(groups)
+        return (weight * F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))).mean()
+
+    @torch.no_grad()
+    def validate() -> dict:
+        """Validation loss with the EMA projections and with parameter-free cross-view attention."""
+        ema.store(trainable)
+        ema.copy_to(trainable)
+        losses = {"trained": [], "parameter_free": []}
+        try:
+            for (x, control), t in zip(val, val_t):
+                noise = torch.randn((len(x), pipe.unet.config.in_channels, x.shape[-2] // pipe.vae_scale_factor,
+                                     x.shape[-1] // pipe.vae_scale_factor), generator=val_noise.manual_seed(int(t)))
+                for name, projected in (("trained", projections.as_dict()), ("parameter_free", {})):
+                    views.projections = projected
+                    losses[name].append(loss_on(x, control, t[None], noise.to(device), torch.ones(1, dtype=torch.bool)).item())
+        finally:
+            views.projections = projections.as_dict()
+            ema.restore(trainable)
+        return {f"val_{k}": float(np.mean(v)) for k, v in losses.items()}
+
+    log = open(stage_dir / "log.jsonl", "a")
+    bar = tqdm(total=args.steps, initial=step, desc="train crossview", disable=not accelerator.is_main_process)
+    t0 = time.time()
+    with installed_processors(pipe.unet, view_processors(controller)), \
+            installed_processors(pipe.controlnet, view_processors(controller, CONTROLNET_PREFIX)):
+        while step < args.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, args.lr, args.warmup)
+            x, control = street_clip_batch(rng, args.batch, args.frames)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,))
+            keep = torch.from_numpy(rng.random(args.batch) >= 0.1)  # 10% caption dropout, per clip
+            with accelerator.autocast():
+                latent_shape = (pipe.unet.config.in_channels, x.shape[-2] // pipe.vae_scale_factor,
+                                x.shape[-1] // pipe.vae_scale_factor)
+                loss = loss_on(x, control, t, torch.randn(len(x), *latent_shape, device=device), keep)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            ema.step(trainable)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            record = {"step": step, "loss": loss.item(), "seconds": time.time() - t0}
+            if step % args.save_every == 0 or step == args.steps:
+                save_checkpoint(ckpt, step, {"projections": projections}, ema, optimizer,
+                                config=dict(projections.config))
+                if args.val_clips:
+                    record.update(validate())
+                    bar.write(f"step {step}: validation loss {record['val_trained']:.4f} trained, "
+                              f"{record['val_parameter_free']:.4f} parameter-free")
+            if step % 20 == 0 or "val_trained" in record:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+    bar.close()
+    log.close()
+
+
 def export(args) -> None:
-    """Write fp16 diffusers folders for the embedded default (EMA weights)."""
+    """Write fp16 diffusers folders for the embedded default (EMA weights), each from the stages that
+    have a checkpoint in --out (a folder with none is left as it is)."""
     out = Path(args.out)
     comps = load_components_from(out)
     dest = Path(args.weights)
-    pipe = StableDiffusionPipeline(**comps)
-    pipe.to(torch.float16)
-    pipe.save_pretrained(dest / "world-sd", safe_serialization=True)
+    if (out / "vae" / "last.pt").exists() or (out / "t2i" / "last.pt").exists():
+        pipe = StableDiffusionPipeline(**comps)
+        pipe.to(torch.float16)
+        pipe.save_pretrained(dest / "world-sd", safe_serialization=True)
     cn_ckpt = out / "controlnet" / "last.pt"
     if cn_ckpt.exists():
         controlnet = build_controlnet(comps["unet"])
@@ -326,9 +466,21 @@ def export(args) -> None:
             ema.load_state_dict(state["ema"])
             ema.copy_to(list(controlnet.parameters()))
         controlnet.to(torch.float16).save_pretrained(dest / "world-controlnet", safe_serialization=True)
-    steps = {s: torch.load(out / s / "last.pt", map_location="cpu", weights_only=False)["step"]
-             for s in ("vae", "t2i", "controlnet") if (out / s / "last.pt").exists()}
-    (dest / "training_steps.json").write_text(json.dumps(steps, indent=1) + "\n")
+    cv_ckpt = out / "crossview" / "last.pt"
+    if cv_ckpt.exists():
+        state = torch.load(cv_ckpt, map_location="cpu", weights_only=False)
+        projections = CrossViewProjections(state["config"]["layers"], state["config"]["dims"])
+        projections.load_state_dict(state["models"]["projections"])
+        ema = EMAModel(list(projections.parameters()))
+        ema.load_state_dict(state["ema"])
+        ema.copy_to(list(projections.parameters()))
+        projections.to(torch.float16).save_pretrained(dest / "world-crossview", safe_serialization=True)
+    steps_file = dest / "training_steps.json"
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+    steps.update({s: torch.load(out / s / "last.pt", map_location="cpu", weights_only=False)["step"]
+                  for s in ("vae", "t2i", "controlnet", "crossview") if (out / s / "last.pt").exists()})
+    steps_file.parent.mkdir(parents=True, exist_ok=True)
+    steps_file.write_text(json.dumps(steps, indent=1) + "\n")
     print(f"exported to {dest}: {steps}")
 
 
@@ -346,6 +498,10 @@ def main(argv=None) -> None:
                         help="vae stage: fine-tune only the decoder (the latents, and so the UNet, stay valid)")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--sample-every", type=int, default=500, help="write a sample grid every N steps (0: never)")
+    parser.add_argument("--frames", type=int, default=2,
+                        help="crossview: frames per street clip, denoised jointly (a key frame and the next)")
+    parser.add_argument("--val-clips", type=int, default=8,
+                        help="crossview: fixed validation clips scored at every save (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -358,6 +514,8 @@ def main(argv=None) -> None:
         args.lr = 5e-4 if args.stage == "vae" else 1e-3
     if args.stage == "export":
         export(args)
+    elif args.stage == "crossview":
+        train_crossview(args)
     else:
         train(args)
 

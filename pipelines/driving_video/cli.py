@@ -41,12 +41,16 @@ def main(argv=None) -> None:
     parser.add_argument("--local", action="append", default=[], help="CLASS=PROMPT, e.g. car='a blue car' (repeat)")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--controlnet", default="embedded")
+    parser.add_argument("--projections", default=None,
+                        help="trained cross-view projections: a folder saved by CrossViewProjections.save_pretrained, "
+                             "'embedded' or 'none' (default: the embedded model's, when --model is embedded and it "
+                             "ships them; else none)")
     parser.add_argument("--fps", type=int, default=4)
     parser.add_argument("--device", default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     from pipelines.cli_errors import user_errors
-    from pipelines.loading import check_device, load_controlnet, load_pipeline
+    from pipelines.loading import check_device, load_controlnet, load_pipeline, load_view_projections
 
     out = Path(args.out)
     with user_errors():
@@ -58,8 +62,9 @@ def main(argv=None) -> None:
             from world.street import sample_street_clip  # --seed: the toy world's clips
             layout = sample_street_clip(args.seed, n_frames=args.frames or 8)
         local = _local_prompts(args.local)
+        projections = args.projections or ("embedded" if args.model == "embedded" else "none")
         pipe = load_pipeline(args.model, DrivingVideoPipeline, device=check_device(args.device),
-                             controlnet=load_controlnet(args.controlnet))
+                             controlnet=load_controlnet(args.controlnet), view_projections=load_view_projections(projections))
         result = pipe(layout, args.prompt, local or None, num_frames=args.frames, window=args.window,
                       overlap=args.overlap, num_inference_steps=args.steps,
                       generator=torch.Generator().manual_seed(args.seed or 0))

@@ -96,6 +96,11 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
             raise ValueError(f"overlap: expected 1..{window - 1} frames (fewer than the window), got {overlap!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
+        projections = getattr(self, "view_projections", None)
+        if projections is not None and not projections.fits(self.unet):
+            raise ValueError("view_projections: made for another UNet (its layer names or widths differ from this "
+                             "pipeline's self-attention layers); train them for this model (training.train --stage "
+                             "crossview) or load the pipeline without them")
 
     def encode_prompt(self, prompts: list[str], negative_prompt: str, groups: int, device) -> torch.Tensor:
         """(2·groups, R·T, C): the negative prompt repeated R times for each group of the first branch,
