@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -181,6 +181,20 @@ def _text(pair, digits=3, sign=False) -> str:
     return number + ("" if se is None else f" ± {se:.{digits}f}")
 
 
+def _settings_overrides(pairs: list[str]) -> dict:
+    """{field: value} from FIELD=VALUE strings, each value parsed as its EditSettings field's type."""
+    defaults = {f.name: f.default for f in fields(EditSettings)}
+    out = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        if name not in defaults or not text:
+            raise ValueError(f"expected FIELD=VALUE with FIELD one of {', '.join(defaults)}, got {pair!r}")
+        default = defaults[name]
+        out[name] = (None if text == "None" else text.lower() in ("1", "true", "yes") if isinstance(default, bool)
+                     else type(default)(text) if default is not None else float(text))
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=20)
@@ -190,6 +204,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="a comma-separated subset of " + ", ".join(METHODS) + " (default: all); "
                              "full is always run, the others are paired against it")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="an EditSettings field for every Strata row, e.g. strength=0.9 (tuning on development seeds)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if not 0 < args.scenes <= SCENES_PER_SEED:
@@ -204,7 +220,10 @@ def main(argv=None) -> dict:
                                          unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
                                          feature_extractor=None, requires_safety_checker=False)
     text2image.set_progress_bar_config(disable=True)
-    settings = EditSettings(steps=args.steps).sized_for(pipe)
+    try:
+        settings = replace(EditSettings(steps=args.steps), **_settings_overrides(args.set)).sized_for(pipe)
+    except (TypeError, ValueError) as err:
+        parser.error(f"--set: {err}")
     scores = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
     removal = {mode: {"gone": [], "kept": [], "seconds": []} for mode in REPLAY_MODES}
@@ -272,7 +291,7 @@ def main(argv=None) -> dict:
     if plain_seconds is not None:
         ratio = rows["Strata (full)"]["seconds_per_edit"] / plain_seconds
         print(f"time per Strata edit / plain generation: {ratio:.2f} (plain {plain_seconds:.3f} s)")
-    result = {"machine": machine(), "scenes": args.scenes, "seed": args.seed, "rows": rows, "removal": removal,
+    result = {"settings": args.set, "machine": machine(), "scenes": args.scenes, "seed": args.seed, "rows": rows, "removal": removal,
               "margins": margins, "plain_seconds": plain_seconds, "time_ratio": ratio, "covered": covered,
               "per_edit": {"mask_area": mask_area, **{m: scores[m] for m in methods}}}
     write_json(args.json, result)

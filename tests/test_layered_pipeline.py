@@ -76,6 +76,8 @@ def test_default_size_comes_from_the_model_config(pipe):
     (dict(scene_prompts=["an empty scene of grass", "a red circle"], scene_masks=[]), "scene_masks"),
     (dict(scene_prompts="an empty scene of grass"), "scene_prompts"),
     (dict(output_type="tensor"), "output_type"),
+    (dict(strength=0.0), "strength"),
+    (dict(strength=0.5), "strength"),  # below 1 without a background to start from
     (dict(callback_on_step_end_tensor_inputs=["noise_pred"]), "callback_on_step_end_tensor_inputs"),
 ])
 def test_call_checks_each_argument_by_name(pipe, kwargs, name):
@@ -125,6 +127,23 @@ def test_bcg_keeps_the_background_trajectory_outside_the_mask(pipe):
     assert not torch.equal(out[-1][..., outside], background[-1][..., outside])  # harmonize steps run free
     free = pipe("a red circle", **kwargs, bcg=False).trajectory
     assert not torch.equal(free[1:blended + 1][..., outside], background[1:blended + 1][..., outside])
+
+
+def test_strength_starts_the_layer_from_the_background_inside_the_mask_too(pipe):
+    """strength 0.6 of 5 steps: the first 2 steps are the background's own latents everywhere (inside the
+    mask as well), the last 3 run. Guards against strength ignored (fresh noise inside the mask) and
+    against skipping a different number of steps than diffusers' image-to-image would."""
+    background = pipe("an empty scene of grass", height=32, width=32, num_inference_steps=5, generator=_gen()).trajectory
+    seen = []
+    kwargs = dict(height=32, width=32, num_inference_steps=5, generator=_gen(1), mask=_box(0, 12, 0, 12),
+                  background=background)
+    out = pipe("a red circle", strength=0.6, callback_on_step_end=lambda p, i, t, x: seen.append(i) or x, **kwargs)
+    assert seen == [2, 3, 4] and out.trajectory.shape == background.shape
+    assert torch.equal(out.trajectory[:3], background[:3])
+    assert not torch.equal(out.trajectory[3], background[3])
+    full = pipe("a red circle", **kwargs).trajectory
+    inside = pipe.latent_mask(kwargs["mask"])[0, 0] > 0
+    assert not torch.equal(full[2][..., inside], background[2][..., inside])  # strength 1: fresh noise in the mask
 
 
 def test_ddim_inverse_scheduler_gives_the_same_trajectory_as_the_explicit_update(pipe):

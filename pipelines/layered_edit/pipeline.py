@@ -101,7 +101,8 @@ class LayeredEditPipeline(DiffusionPipeline):
                                  f"downsampling), got {value!r}")
 
     def check_inputs(self, prompt, mask, background, scene_prompts, scene_masks, height, width, num_inference_steps,
-                     guidance_scale, harmonize, start_trajectory, output_type, callback_on_step_end_tensor_inputs):
+                     guidance_scale, harmonize, start_trajectory, output_type, callback_on_step_end_tensor_inputs,
+                     strength=1.0):
         """Each bad argument is a ValueError that names it and says what was expected."""
         if not isinstance(self.scheduler, self.required_scheduler):
             raise ValueError(f"scheduler: layered editing needs a DDIMScheduler (deterministic and one-step: BCG "
@@ -122,6 +123,13 @@ class LayeredEditPipeline(DiffusionPipeline):
             if m is not None and (not isinstance(m, np.ndarray) or m.shape != (height, width)):
                 raise ValueError(f"{name}: expected a ({height}, {width}) boolean array, got "
                                  f"{getattr(m, 'shape', type(m).__name__)}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"strength: expected a fraction in (0, 1], got {strength!r}")
+        if strength < 1 and background is None:
+            raise ValueError("strength: below 1 a layer starts from the background's latents; pass background")
+        if isinstance(num_inference_steps, int) and round(num_inference_steps * strength) < 1:
+            raise ValueError(f"strength: {strength} of {num_inference_steps} steps runs none; expected at least "
+                             f"1 / num_inference_steps")
         if (mask is None) != (background is None):
             raise ValueError("background: a layer with a mask needs the previous layer's trajectory, and a "
                              "trajectory needs the mask it is kept outside of; pass both or neither")
@@ -192,12 +200,16 @@ class LayeredEditPipeline(DiffusionPipeline):
         return F.adaptive_max_pool2d(m, size).to(self._execution_device, self.denoiser.dtype)
 
     def prepare_latents(self, shape: tuple, generator, device, background, latent_mask, start_trajectory,
-                        n_blended: int) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+                        n_blended: int, n_skipped: int = 0) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
         """(the first step to run, its latents (1, C, h, w), the trajectory so far). From memory
         (start_trajectory): its latents up to the end of the BCG phase, then only the last steps run.
-        With BCG (n_blended > 0) the starting noise outside the mask is the background's too."""
+        n_skipped > 0 (strength below 1): the background's own latents after that many steps, inside the
+        mask too, as an image-to-image start. With BCG (n_blended > 0) the starting noise outside the
+        mask is the background's too."""
         if start_trajectory is not None:
             return n_blended, start_trajectory[n_blended:n_blended + 1], list(start_trajectory[:n_blended + 1])
+        if n_skipped > 0:
+            return n_skipped, background[n_skipped:n_skipped + 1].clone(), list(background[:n_skipped + 1])
         latents = randn_tensor(shape, generator=generator, device=device, dtype=self.denoiser.dtype)
         if background is not None and n_blended > 0:
             latents = blend_latents(background[0:1], latents, latent_mask)
@@ -246,7 +258,8 @@ class LayeredEditPipeline(DiffusionPipeline):
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 20,
                  guidance_scale: float = 4.0, negative_prompt: str = "", harmonize: float = 0.2, bcg: bool = True,
                  generator: torch.Generator | None = None, start_trajectory: torch.Tensor | None = None,
-                 tighten: float | None = None, output_type: str = "np", return_dict: bool = True, callback_on_step_end=None,
+                 tighten: float | None = None, strength: float = 1.0, output_type: str = "np", return_dict: bool = True,
+                 callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] = ("latents",)):
         """Generate one layer.
 
@@ -260,7 +273,10 @@ class LayeredEditPipeline(DiffusionPipeline):
         trajectory from memory for the BCG phase (replay); only the last harmonize steps then run.
         tighten: during the harmonize steps, keep following the background inside the mask too, except
         where the clean-latent estimate at their start differs from the background's by more than
-        this (latent units): the object and a latent pixel around it (`object_latent_mask`).
+        this (latent units): the object and a latent pixel around it (`object_latent_mask`). strength: as
+        in diffusers' image-to-image: below 1, the first (1 − strength) of the steps are not run and the
+        layer starts from the background's latents at that point, inside the mask as well, so the region
+        starts from the scene's own layout instead of fresh noise.
         callback_on_step_end(pipe, step, timestep, {"latents": …}) may return new latents.
         Returns a `LayeredEditPipelineOutput` (images, trajectory), or (images, trajectory).
         """
@@ -269,7 +285,8 @@ class LayeredEditPipeline(DiffusionPipeline):
         width = default_width if width is None else width
         # 1. inputs
         self.check_inputs(prompt, mask, background, scene_prompts, scene_masks, height, width, num_inference_steps,
-                          guidance_scale, harmonize, start_trajectory, output_type, callback_on_step_end_tensor_inputs)
+                          guidance_scale, harmonize, start_trajectory, output_type, callback_on_step_end_tensor_inputs,
+                          strength)
         if unknown := unknown_words(self.tokenizer, prompt):
             warnings.warn(f"prompt: the model does not know {', '.join(map(repr, unknown))}; it reads them letter "
                           f"by letter", UnknownWordsWarning, stacklevel=2)
@@ -287,9 +304,10 @@ class LayeredEditPipeline(DiffusionPipeline):
         # 4. latents and masks
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         latent_mask = None if mask is None else self.latent_mask(mask)
+        n_skipped = num_inference_steps - int(round(num_inference_steps * strength))
         first, latents, trajectory = self.prepare_latents((1, self.denoiser.config.in_channels, *latent_size),
                                                           generator, device, background, latent_mask,
-                                                          start_trajectory, n_blended)
+                                                          start_trajectory, n_blended, n_skipped)
         regions = None
         if len(prompts) > 1:  # MQD: every latent pixel belongs to one region, later layers in front
             masks = [self.latent_mask(m)[0, 0].cpu() for m in [*scene_masks, mask]]

@@ -184,7 +184,8 @@ class LayeredSession:
         if memory is not None:
             start = blend_latents(below[-1].trajectory, memory.trajectory, self.pipe.latent_mask(memory.object_mask))
         out = self.pipe(prompt, mask=edit, background=below[-1].trajectory, **scene, start_trajectory=start,
-                        tighten=s.tighten, generator=_generator(seed), callback_on_step_end=_progress(callback, s),
+                        tighten=s.tighten, strength=s.strength if memory is None else 1.0, generator=_generator(seed),
+                        callback_on_step_end=_progress(callback, s),
                         **self._call_settings())
         new = out.images[0]
         alpha = overlay_alpha(edit, s.dilate_px)

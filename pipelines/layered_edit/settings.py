@@ -46,6 +46,8 @@ class EditSettings:
     #                         dilated rough mask (which showed a halo of new background around the object)
     tighten: float | None = None  # harmonize steps keep the background outside the object (see
     #                               LayeredEditPipeline.__call__); None: they run free inside the mask
+    strength: float = 1.0  # below 1, a new layer starts from the scene's own latents after the first
+    #                        (1 − strength) of the steps, inside the rough mask too (image-to-image)
     replay: str = "memory"  # how a later layer that sees a removal/re-edit below it is brought up to date:
     #                         "memory": its own latents inside its object (from memory) spliced onto the new
     #                         scene, then only the last `harmonize` steps re-run, and that result kept only
@@ -68,6 +70,8 @@ class EditSettings:
         if self.tighten is not None and (not isinstance(self.tighten, (int, float)) or not self.tighten > 0
                                          or not math.isfinite(self.tighten)):
             raise ValueError(f"tighten: expected a positive latent distance or None, got {self.tighten!r}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1:
+            raise ValueError(f"strength: expected a fraction in (0, 1], got {self.strength!r}")
         if not 0 <= self.protect <= 1:
             raise ValueError(f"protect: expected a fraction in [0, 1], got {self.protect!r}")
 
