@@ -30,6 +30,8 @@ def ring_neighbours(n_views: int, reach: int = 1) -> list[list[int]]:
     views on each side, each once and never itself (a 2-camera rig: the other camera)."""
     if n_views < 1:
         raise ValueError(f"n_views: expected at least 1 camera, got {n_views}")
+    if isinstance(reach, bool) or not isinstance(reach, int) or reach < 1:
+        raise ValueError(f"reach: expected at least 1 camera on each side, got {reach!r}")
     out = []
     for v in range(n_views):
         around = [(v + k) % n_views for k in range(1, reach + 1)] + [(v - k) % n_views for k in range(1, reach + 1)]

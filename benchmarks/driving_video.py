@@ -7,6 +7,8 @@ Table 1, one row per method, all on the embedded model and ControlNet, the same 
                                 parameter-free cross-view attention
   Strata, trained projections   the same with the trained cross-view projections (--projections; the
                                 embedded model's by default, when it ships them)
+  Strata w/o overlap sync       no averaging of neighbouring cameras' clean-latent estimates where the
+                                layout says they see the same surface (attention alone)
   Strata w/o cross-camera       temporal attention and local prompts only
   Strata w/o temporal           cross-camera attention and local prompts only
   Strata w/o local prompts      cross-camera + temporal, the scene prompt everywhere
@@ -17,7 +19,14 @@ where the oracle, shading-aware, reads object colours over at least half the sil
 error (neighbouring cameras of one frame warped into each other with the true depth and cameras, mean
 absolute error over co-visible pixels, grey levels); temporal error (frame f warped into f + 1 of the
 same camera with the true depth and ego motion, static pixels only: ground, sky and boxes that did not
-move); seconds per camera-frame; peak extra resident memory. Means over clips ± standard error.
+move); overlap seam (the overlap sync decides pixels inside the cells a neighbour also sees and
+leaves the rest of the view to the model, so what a user would see of it is a step at that region's
+border: the mean absolute colour difference of 4-neighbour pixel pairs straddling the border of the
+cells the layout links to a neighbouring camera, the same pairs for every method; the ground truth
+gives the scene's own step there); seconds per camera-frame; peak extra resident memory. The
+cross-camera error of the rows with overlap sync is partly enforced by it (the estimates are averaged
+in the overlaps during all steps but the last eighth): the row without it shows what attention alone
+does. Means over clips ± standard error.
 --seed S runs clips S·10⁴ … S·10⁴ + N − 1.
 
 Table 2 (--long), long videos through the sliding window: peak extra resident memory and seconds per
@@ -36,7 +45,8 @@ from tqdm.auto import tqdm
 
 from benchmarks.common import machine, mean_se, mean_se_text, print_table, write_json
 from benchmarks.real_checkpoints import PeakMemory
-from formats.projection import cast_layout
+from attention_processors.cross_view import ring_neighbours
+from formats.projection import cast_layout, view_correspondences
 from pipelines.driving_video import DrivingVideoPipeline
 from pipelines.loading import load_controlnet, load_pipeline, load_view_projections
 from world.geometry import SHADING
@@ -48,10 +58,11 @@ CLIPS_PER_SEED = 10_000
 LOCAL = {"car": "a car", "truck": "a truck", "pedestrian": "a pedestrian"}
 METHODS = {"Strata": dict(local=True),
            "Strata, trained projections": dict(local=True, projections=True),
+           "Strata w/o overlap sync": dict(local=True, overlap_sync=0.0),
            "Strata w/o cross-camera": dict(cross_view=False, local=True),
            "Strata w/o temporal": dict(temporal=False, local=True),
            "Strata w/o local prompts": dict(),
-           "independent (ControlNet only)": dict(cross_view=False, temporal=False)}
+           "independent (ControlNet only)": dict(cross_view=False, temporal=False, overlap_sync=0.0)}
 MIN_SILHOUETTE = 40
 
 
@@ -99,10 +110,11 @@ def temporal_error(images: np.ndarray, truth: list[list], clip) -> float:
 
 
 def bench_methods(pipe, args) -> dict:
-    scores = {m: {"adherence": [], "cross": [], "temporal": [], "seconds": [], "memory": []}
+    scores = {m: {"adherence": [], "cross": [], "temporal": [], "seam": [], "seconds": [], "memory": []}
               for m in [*METHODS, "ground-truth renders"]}
     methods = {name: options for name, options in METHODS.items()
-               if not options.get("projections") or pipe.view_projections is not None}
+               if (not options.get("projections") or pipe.view_projections is not None)
+               and (not args.methods or name in args.methods)}
     scores = {name: scores[name] for name in [*methods, "ground-truth renders"]}
     for c in tqdm(range(args.clips), desc="clips"):
         clip = sample_street_clip(CLIPS_PER_SEED * args.seed + c, n_frames=args.frames)
@@ -113,7 +125,9 @@ def bench_methods(pipe, args) -> dict:
                 frames = pipe(clip, "a street view", LOCAL if options.get("local") else None,
                               num_frames=args.frames, window=args.window, num_inference_steps=args.steps,
                               cross_view=options.get("cross_view", True), temporal=options.get("temporal", True),
-                              use_view_projections=options.get("projections", False),
+                              use_view_projections=options.get("projections", False), reach=args.reach,
+                              overlap_sync=options.get("overlap_sync", args.sync),
+                              guidance_scale=args.guidance,
                               generator=torch.Generator().manual_seed(c)).frames
                 seconds = time.perf_counter() - start
             scores[name]["seconds"].append(seconds / (args.frames * len(clip.rig)))
@@ -121,10 +135,33 @@ def bench_methods(pipe, args) -> dict:
             _score(scores[name], frames, truth, clip)
         _score(scores["ground-truth renders"], np.array([[v.rgb for v in views] for views in truth]), truth, clip)
     return {name: {"adherence": mean_se(s["adherence"]), "cross_camera_error": mean_se(s["cross"]),
-                   "temporal_error": mean_se(s["temporal"]),
+                   "temporal_error": mean_se(s["temporal"]), "overlap_seam": mean_se(s["seam"]),
                    "seconds_per_camera_frame": float(np.mean(s["seconds"])) if s["seconds"] else None,
                    "peak_extra_mib": float(max(s["memory"])) if s["memory"] else None}
             for name, s in scores.items()}
+
+
+def linked_cells(clip, frame: int, scale: int = 4) -> np.ndarray:
+    """(V, H, W) bool: the pixels of each camera's latent cells (scale × scale pixels) that the layout
+    links to a ring neighbour (`formats.projection.view_correspondences`), as the overlap sync uses them."""
+    width, height = clip.image_size
+    links = view_correspondences(clip, frame, (width // scale, height // scale), ring_neighbours(len(clip.rig)))
+    cells = np.stack([np.any([seen for _, seen, _ in view], axis=0) if view else np.zeros((height // scale, width // scale), bool)
+                      for view in links])
+    return cells.repeat(scale, 1).repeat(scale, 2)
+
+
+def overlap_seam(images: np.ndarray, clip) -> float:
+    """Mean |colour step| over 4-neighbour pixel pairs straddling the border of the linked cells."""
+    steps = []
+    for f, views in enumerate(images):
+        for image, region in zip(views, linked_cells(clip, f)):
+            img = image.astype(np.float64)
+            for a, b, ra, rb in ((img[:, :-1], img[:, 1:], region[:, :-1], region[:, 1:]),
+                                 (img[:-1], img[1:], region[:-1], region[1:])):
+                steps.append(np.abs(a[ra != rb] - b[ra != rb]).mean(-1))
+    steps = np.concatenate(steps)
+    return float(steps.mean()) if len(steps) else float("nan")
 
 
 def _score(row: dict, frames: np.ndarray, truth, clip) -> None:
@@ -132,6 +169,7 @@ def _score(row: dict, frames: np.ndarray, truth, clip) -> None:
     row["adherence"].append(float(np.mean(hits)) if hits else np.nan)
     row["cross"].append(cross_camera_error(frames, truth))
     row["temporal"].append(temporal_error(frames, truth, clip))
+    row["seam"].append(overlap_seam(frames, clip))
 
 
 def bench_long(pipe, args) -> dict:
@@ -159,20 +197,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--long-cameras", type=int, default=3)
     parser.add_argument("--projections", default="embedded",
                         help="trained cross-view projections for their row: a folder, 'embedded' or 'none'")
+    parser.add_argument("--reach", type=int, default=1, help="cameras on each side that cross-view attention reads")
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--sync", type=float, default=0.875,
+                        help="overlap_sync for the Strata rows (the pipeline's default; 0: off)")
+    parser.add_argument("--methods", default=None,
+                        help="a comma-separated subset of the rows (names as printed; default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.methods:
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if unknown := set(args.methods) - set(METHODS):
+            parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
     pipe = load_pipeline("embedded", DrivingVideoPipeline, controlnet=load_controlnet("embedded"),
                          view_projections=load_view_projections(args.projections))
     pipe.set_progress_bar_config(disable=True)
     torch.set_grad_enabled(False)
     result = {"machine": machine(), "clips": args.clips, "seed": args.seed, "frames": args.frames,
-              "steps": args.steps, "window": args.window, "projections": args.projections}
+              "steps": args.steps, "window": args.window, "projections": args.projections,
+              "reach": args.reach, "guidance": args.guidance, "sync": args.sync}
     rows = result["methods"] = bench_methods(pipe, args)
     print_table(f"Driving video: {args.clips} clips × {args.frames} frames × 6 cameras, {args.steps} steps, seed "
                 f"{args.seed}, {machine()}",
-                ["method", "layout adherence", "cross-camera error", "temporal error", "s / camera-frame",
-                 "peak extra MiB"],
+                ["method", "layout adherence", "cross-camera error", "temporal error", "overlap seam",
+                 "s / camera-frame", "peak extra MiB"],
                 [[name, mean_se_text(r["adherence"]), mean_se_text(r["cross_camera_error"], 1), mean_se_text(r["temporal_error"], 1),
+                  mean_se_text(r["overlap_seam"], 1),
                   r["seconds_per_camera_frame"] or "-", r["peak_extra_mib"] if r["peak_extra_mib"] is not None else "-"]
                  for name, r in rows.items()])
     if args.long:

@@ -76,3 +76,42 @@ def control_maps(clip: StreetClip, frame: int, max_depth: float = 40.0) -> tuple
         maps.append(np.concatenate([palette[classes], near[..., None]], -1).astype(np.float32))
         class_maps.append(classes)
     return np.stack(maps), np.stack(class_maps)
+
+
+def scaled_camera(camera: Camera, width: int, height: int) -> Camera:
+    """The same camera with its image resampled to width × height (a latent grid: one pixel per cell)."""
+    sx, sy = width / camera.width, height / camera.height
+    return Camera(camera.c2w, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy, width, height)
+
+
+def view_correspondences(clip: StreetClip, frame: int, size: tuple[int, int], neighbours: list[list[int]],
+                         depth_tolerance: float = 0.05) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Where each camera's pixels on a (width, height) = size grid (a latent grid) are seen by its
+    neighbouring cameras, from the layout alone (its ground plane and boxes, `cast_layout`).
+
+    For every camera b, one (a, seen (h, w) bool, where (h, w, 2) float) per a in neighbours[b]: seen
+    marks b's cells whose surface point lands inside a's grid with a's own layout depth agreeing there
+    (within depth_tolerance, relative; the sky and occluded points are never seen), where holds the
+    point's continuous (x, y) grid coordinates in a (cell centres at +0.5)."""
+    width, height = size
+    cameras = [scaled_camera(c, width, height) for c in clip.cameras(frame)]
+    boxes = clip.frames[frame].boxes
+    depths = [cast_layout(c, boxes)[1] for c in cameras]
+    out = []
+    for b, camera in enumerate(cameras):
+        finite = np.isfinite(depths[b])
+        points = camera.unproject(np.where(finite, depths[b], 1.0))
+        links = []
+        for a in neighbours[b]:
+            uv, z = cameras[a].project(points)
+            with np.errstate(invalid="ignore"):
+                inside = finite & (z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) \
+                    & (uv[..., 1] < height)
+            col = np.clip(np.where(inside, uv[..., 0], 0).astype(int), 0, width - 1)
+            row = np.clip(np.where(inside, uv[..., 1], 0).astype(int), 0, height - 1)
+            surface = depths[a][row, col]
+            with np.errstate(invalid="ignore"):
+                seen = inside & np.isfinite(surface) & (np.abs(surface - z) <= depth_tolerance * np.maximum(z, 1e-6))
+            links.append((a, seen, np.where(seen[..., None], uv, 0.0)))
+        out.append(links)
+    return out

@@ -22,7 +22,7 @@ from attention_processors.regions import RegionState
 from attention_processors.temporal import frame_index
 from formats import StreetClip
 from pipelines.driving_video import DrivingVideoPipeline, write_video
-from pipelines.driving_video.pipeline import CONTROLNET_PREFIX, view_processors
+from pipelines.driving_video.pipeline import CONTROLNET_PREFIX, sync_overlaps, view_processors
 from tests.tiny_models import sd1_components, tiny_controlnet
 from world.street import make_rig, sample_street_clip
 
@@ -138,6 +138,8 @@ def test_the_files_decode_back(clip, tmp_path):
     (dict(prompt=""), "prompt"),
     (dict(local_prompts={"bus": "a bus"}), "local_prompts"),
     (dict(layout={"version": 1}), "layout"),
+    (dict(reach=0), "reach"),
+    (dict(overlap_sync=1.5), "overlap_sync"),
 ])
 def test_bad_arguments_are_named(pipe, clip, kwargs, message):
     args = dict(layout=clip, prompt="a street view", num_inference_steps=1) | kwargs
@@ -246,3 +248,71 @@ def test_the_controlnet_and_the_unet_keep_their_own_prompt_keys():
                 controlnet(latents, 10, encoder_hidden_states=hidden, controlnet_cond=control, return_dict=False)
             return unet(latents, 10, encoder_hidden_states=hidden).sample
     torch.testing.assert_close(unet_output(True), unet_output(False), atol=1e-6, rtol=1e-6)
+
+
+def test_sync_overlaps_averages_the_linked_cells_and_nothing_else():
+    """Row 1's left half is linked to row 0 at the same cells: there it becomes the mean of both, elsewhere
+    (and all of row 0, which nothing links) it stays. Guards against averaging outside the overlap, a
+    grid that reads the wrong cells (grid_sample's cell-centre convention) and counts that weigh a view
+    twice."""
+    estimate = torch.randn(2, 4, 6, 8, dtype=torch.float64)
+    y, x = torch.meshgrid(torch.arange(6) + 0.5, torch.arange(8) + 0.5, indexing="ij")
+    grid = torch.stack([x / 8 * 2 - 1, y / 6 * 2 - 1], -1)[None].double()
+    mask = torch.zeros(1, 1, 6, 8, dtype=torch.float64)
+    mask[..., :4] = 1
+    out = sync_overlaps(estimate, torch.tensor([0]), torch.tensor([1]), grid, mask)
+    torch.testing.assert_close(out[0], estimate[0])
+    torch.testing.assert_close(out[1, ..., :4], (estimate[0, ..., :4] + estimate[1, ..., :4]) / 2)
+    torch.testing.assert_close(out[1, ..., 4:], estimate[1, ..., 4:])
+    assert sync_overlaps(estimate) is estimate  # no links
+
+
+def test_view_correspondences_link_ring_neighbours_and_map_back():
+    """On the nuScenes-like ring every camera sees ground its two neighbours see; a linked cell mapped
+    into the neighbour and back lands on itself; the sky is never linked. Guards against a projection
+    with the wrong camera or scale."""
+    from formats.projection import cast_layout, scaled_camera, view_correspondences
+    clip = sample_street_clip(3, n_frames=1)
+    links = view_correspondences(clip, 0, (16, 16), ring_neighbours(6))
+    cameras = [scaled_camera(c, 16, 16) for c in clip.cameras(0)]
+    for b, view in enumerate(links):
+        assert [a for a, _, _ in view] == ring_neighbours(6)[b]
+        depth_b = cast_layout(cameras[b], clip.frames[0].boxes)[1]
+        for a, seen, where in view:
+            assert seen.sum() >= 4 and not (seen & ~np.isfinite(depth_b)).any()
+            rows, cols = np.nonzero(seen)
+            back = {(int(r), int(c)) for r, c in zip(rows, cols)}
+            depth_a = cast_layout(cameras[a], clip.frames[0].boxes)[1]
+            for r, c in list(back)[:5]:
+                x, y = where[r, c]
+                point = cameras[a].unproject(depth_a)[int(y), int(x)]
+                uv, _ = cameras[b].project(point)
+                assert abs(uv[0] - (c + 0.5)) <= 1.0 and abs(uv[1] - (r + 0.5)) <= 1.0
+    three = sample_street_clip(3, n_frames=1, n_cameras=3)
+    assert all(len(view) == 2 for view in view_correspondences(three, 0, (16, 16), ring_neighbours(3)))
+
+
+def test_overlap_sync_runs_in_the_pipeline_and_brings_overlaps_together(pipe, clip):
+    """Guards against the sync switched off in the pipeline (the video unchanged) and against a sync that
+    does not bring the linked cells of neighbouring cameras closer in the final latents."""
+    latents = {}
+
+    class Recording(DrivingVideoPipeline):
+        def decode(self, x):
+            latents.setdefault(self._tag, []).append(x.clone())
+            return super().decode(x)
+    recording = Recording(**{k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "controlnet",
+                                                            "scheduler")})
+    recording.set_progress_bar_config(disable=True)
+    runs = {}
+    for tag, sync in (("free", 0.0), ("synced", 1.0)):
+        recording._tag = tag
+        runs[tag] = recording(clip, num_frames=1, num_inference_steps=3, overlap_sync=sync,
+                              generator=torch.Generator().manual_seed(0)).frames
+    assert not np.array_equal(runs["free"], runs["synced"])
+    sources, targets, grids, masks = recording.overlap_links(clip, [0], (16, 16), 1, "cpu")
+
+    def disagreement(x):
+        warped = torch.nn.functional.grid_sample(x[sources], grids, align_corners=False)
+        return float(((warped - x[targets]).abs() * masks).sum() / masks.sum() / x.shape[1])
+    assert disagreement(latents["synced"][0]) < 0.5 * disagreement(latents["free"][0])

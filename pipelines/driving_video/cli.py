@@ -45,6 +45,8 @@ def main(argv=None) -> None:
                         help="trained cross-view projections: a folder saved by CrossViewProjections.save_pretrained, "
                              "'embedded' or 'none' (default: the embedded model's, when --model is embedded and it "
                              "ships them; else none)")
+    parser.add_argument("--overlap-sync", type=float, default=0.875,
+                        help="fraction of the steps during which neighbouring cameras' overlaps are synchronised (0: off)")
     parser.add_argument("--fps", type=int, default=4)
     parser.add_argument("--device", default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -66,7 +68,7 @@ def main(argv=None) -> None:
         pipe = load_pipeline(args.model, DrivingVideoPipeline, device=check_device(args.device),
                              controlnet=load_controlnet(args.controlnet), view_projections=load_view_projections(projections))
         result = pipe(layout, args.prompt, local or None, num_frames=args.frames, window=args.window,
-                      overlap=args.overlap, num_inference_steps=args.steps,
+                      overlap=args.overlap, num_inference_steps=args.steps, overlap_sync=args.overlap_sync,
                       generator=torch.Generator().manual_seed(args.seed or 0))
         write_video(result.frames, result.camera_names, layout, out, fps=args.fps)
     print(f"wrote {len(result.frames)} frames × {len(result.camera_names)} cameras to {out}")

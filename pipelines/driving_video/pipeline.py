@@ -9,7 +9,11 @@ previous frames. Inside a window all frames and cameras are denoised together; e
 self-attention reads its ring neighbours in the same frame (cross_view) and the key frame's and the
 previous frame's same camera (temporal), in one `kernels.neighbour_attention` call per layer. Local
 prompts: each box class's projected region attends to that class's prompt through MQD (one fused
-region-attention call per cross-attention layer), the rest to the scene prompt. Memory does not grow
+region-attention call per cross-attention layer), the rest to the scene prompt. Overlaps: where the
+layout (its ground plane and boxes) says two neighbouring cameras see the same surface, their
+clean-latent estimates are averaged after each DDIM step but the last few (synchronised Tweedie
+estimates, as SyncTweedies does for joint diffusion), so the cameras agree on what neither control map
+says (where the road ends, the grass). Memory does not grow
 with the video's length: only the carried frames' trajectories are kept between windows.
 
 Cross-view attention is parameter-free unless the pipeline has trained projections (the optional
@@ -29,11 +33,11 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from attention_processors import AttentionController, MultiQueryDisentangledProcessor, RegionState, installed_processors
-from attention_processors.cross_view import CrossViewProcessor, CrossViewProjections, ViewState
+from attention_processors.cross_view import CrossViewProcessor, CrossViewProjections, ViewState, ring_neighbours
 from attention_processors.install import is_cross_attention
 from attention_processors.temporal import frame_index
 from formats.layout import CLASSES, StreetClip
-from formats.projection import control_maps
+from formats.projection import control_maps, view_correspondences
 from pipelines.conditioning import encode_prompts
 from pipelines.controlnet_base import ControlNetPipelineBase
 from pipelines.outputs import DrivingVideoPipelineOutput
@@ -55,6 +59,17 @@ def view_processors(controller: AttentionController, prefix: str = ""):
     return make
 
 
+def sync_overlaps(estimate: torch.Tensor, sources=None, targets=None, grids=None, masks=None) -> torch.Tensor:
+    """Each row's cells that neighbouring rows also see, averaged with what those rows hold there
+    (bilinear samples at the linked positions): synchronised estimates. No links: unchanged."""
+    if sources is None:
+        return estimate
+    warped = F.grid_sample(estimate[sources], grids, mode="bilinear", padding_mode="border", align_corners=False)
+    total = estimate.index_add(0, targets, warped * masks)
+    count = torch.ones_like(estimate[:, :1]).index_add(0, targets, masks)
+    return total / count
+
+
 class DrivingVideoPipeline(ControlNetPipelineBase):
     _optional_components = [*ControlNetPipelineBase._optional_components, "view_projections"]
 
@@ -64,7 +79,8 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
         super().__init__(vae, text_encoder, tokenizer, unet, controlnet, scheduler)
         self.register_modules(view_projections=view_projections)
 
-    def check_inputs(self, layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps):
+    def check_inputs(self, layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps, reach=1,
+                     overlap_sync=0.0):
         """Each bad argument is a ValueError that names it."""
         if not isinstance(self.scheduler, self.required_scheduler):
             raise ValueError(f"scheduler: driving video needs a DDIMScheduler (carried frames replay their "
@@ -96,6 +112,10 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
             raise ValueError(f"overlap: expected 1..{window - 1} frames (fewer than the window), got {overlap!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
+        if isinstance(reach, bool) or not isinstance(reach, int) or reach < 1:
+            raise ValueError(f"reach: expected at least 1 camera on each side, got {reach!r}")
+        if isinstance(overlap_sync, bool) or not isinstance(overlap_sync, (int, float)) or not 0 <= overlap_sync <= 1:
+            raise ValueError(f"overlap_sync: expected a fraction of the steps in [0, 1], got {overlap_sync!r}")
         projections = getattr(self, "view_projections", None)
         if projections is not None and not projections.fits(self.unet):
             raise ValueError("view_projections: made for another UNet (its layer names or widths differ from this "
@@ -110,6 +130,32 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
         negative = hidden[n:].repeat(1, n, 1)
         cond = hidden[:n].reshape(1, -1, hidden.shape[-1])
         return torch.cat([negative.expand(groups, -1, -1), cond.expand(groups, -1, -1)]).to(self.unet.dtype)
+
+    def alpha_prev(self, t) -> torch.Tensor:
+        """ᾱ of the timestep a DDIM step from t lands on (as `DDIMScheduler.step` computes it)."""
+        prev = int(t) - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
+        return self.scheduler.alphas_cumprod[prev] if prev >= 0 else self.scheduler.final_alpha_cumprod
+
+    def overlap_links(self, layout: StreetClip, frames: list[int], size: tuple[int, int], reach: int, device):
+        """The latent rows of `frames` (frame-major, every camera) that see each other's cells, from the
+        layout (`formats.projection.view_correspondences`): source rows (L,), target rows (L,), sampling
+        grids (L, h, w, 2) for `F.grid_sample` and masks (L, 1, h, w); L links in all (() when none)."""
+        height, width = size
+        n_views = len(layout.rig)
+        sources, targets, grids, masks = [], [], [], []
+        for k, f in enumerate(frames):
+            for b, links in enumerate(view_correspondences(layout, f, (width, height), ring_neighbours(n_views, reach))):
+                for a, seen, where in links:
+                    if seen.any():
+                        sources.append(k * n_views + a)
+                        targets.append(k * n_views + b)
+                        grids.append(where / np.array([width, height]) * 2 - 1)
+                        masks.append(seen[None])
+        if not sources:
+            return ()
+        as_tensor = lambda x, dtype: torch.from_numpy(np.stack(x)).to(device, dtype)  # noqa: E731
+        return (torch.tensor(sources, device=device), torch.tensor(targets, device=device),
+                as_tensor(grids, self.unet.dtype), as_tensor(masks, self.unet.dtype))
 
     def region_labels(self, class_maps: np.ndarray, classes: list[str]) -> torch.Tensor:
         """(G, h, w) long: 1 + the index in `classes` where a latent pixel touches a box of that class, 0
@@ -127,12 +173,18 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
                  num_frames: int | None = None, window: int = 4, overlap: int = 1, num_inference_steps: int = 20,
                  guidance_scale: float = 4.0, negative_prompt: str = "", controlnet_conditioning_scale: float = 1.0,
                  generator: torch.Generator | None = None, cross_view: bool = True, temporal: bool = True,
+                 reach: int = 1, overlap_sync: float = 0.875,
                  use_view_projections: bool = True, output_type: str = "np", return_dict: bool = True,
                  frame_callback=None):
         """Generate num_frames (default: all of the layout's) × every camera of the rig.
 
         local_prompts: {class: prompt} for the classes whose boxes get their own prompt (None: the
-        scene prompt everywhere). cross_view / temporal switch those attentions off (ablations);
+        scene prompt everywhere). cross_view / temporal switch those attentions off (ablations); reach:
+        how many cameras on each side of a camera in the rig's ring its cross-view attention reads;
+        overlap_sync: the first fraction of the steps during which neighbouring cameras' clean-latent
+        estimates are averaged where the layout says they see the same surface (synchronised Tweedie
+        estimates, `sync_overlaps`; 0: never; the last steps run free so each view settles its own
+        details; 0.875 was chosen on development clips);
         use_view_projections: with False, cross-view attention is parameter-free even when the pipeline
         has trained projections (the `view_projections` component). frame_callback(f, images (V, H, W, 3)) is called as each frame
         is decoded (write a long video as it comes, without keeping it). Returns a
@@ -140,7 +192,8 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
         """
         if isinstance(layout, StreetClip) and num_frames is None:
             num_frames = len(layout.frames)
-        self.check_inputs(layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps)
+        self.check_inputs(layout, prompt, local_prompts, num_frames, window, overlap, num_inference_steps, reach,
+                          overlap_sync)
         if output_type not in ("np", "none"):
             raise ValueError(f"output_type: expected 'np' or 'none', got {output_type!r}")
         device = self._execution_device
@@ -154,6 +207,7 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
             projections = self.view_projections.as_dict()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        n_sync = int(round(num_inference_steps * overlap_sync))
 
         # the chunks: the key frame alone, then windows that carry `overlap` frames over
         chunks, done = [([], [0])], 1
@@ -176,12 +230,14 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
                                           segment_length=hidden.shape[1] // len(prompts), shared_rows=groups)
                 views = None
                 if cross_view or temporal:
-                    views = ViewState(frame_index(len(chunk), n_views, cross_view, temporal, key_frame=0), projections)
+                    views = ViewState(frame_index(len(chunk), n_views, cross_view, temporal, key_frame=0, reach=reach),
+                                      projections)
                 controller = AttentionController(regions=regions, views=views)
                 latents = randn_tensor((len(new) * n_views, *latent_shape), generator=generator, device=device,
                                        dtype=self.unet.dtype)
                 trajectory = [latents]
                 fixed = [kept[f] for f in carried]
+                links = self.overlap_links(layout, new, latent_shape[1:], reach, device) if n_sync else ()
                 with installed_processors(self.unet, view_processors(controller)), \
                         installed_processors(self.controlnet, view_processors(controller, CONTROLNET_PREFIX)):
                     for i, t in enumerate(timesteps):
@@ -192,7 +248,11 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
                                              controlnet_conditioning_scale)
                         uncond, text = noise.chunk(2)
                         guided = (uncond + guidance_scale * (text - uncond))[len(fixed) * n_views:]
-                        latents = self.scheduler.step(guided, t, latents).prev_sample
+                        step = self.scheduler.step(guided, t, latents)
+                        latents = step.prev_sample
+                        if i < n_sync:  # the same DDIM step from synchronised clean-latent estimates
+                            estimate = step.pred_original_sample
+                            latents = latents + self.alpha_prev(t).sqrt() * (sync_overlaps(estimate, *links) - estimate)
                         trajectory.append(latents)
                         bar.update(len(new))
                 trajectory = torch.stack(trajectory).unflatten(1, (len(new), n_views))  # (steps + 1, F', V, C, h, w)
