@@ -5,7 +5,7 @@
 Table 1, one row per method, all on the embedded model and ControlNet, the same clips, seeds and steps:
   Strata                        cross-camera + temporal attention + local prompts (one per box class),
                                 parameter-free cross-view attention
-  Strata, trained projections   the same with the trained cross-view projections (--projections; the
+  Strata trained projections   the same with the trained cross-view projections (--projections; the
                                 embedded model's by default, when it ships them)
   Strata w/o overlap sync       no averaging of neighbouring cameras' clean-latent estimates where the
                                 layout says they see the same surface (attention alone)
@@ -57,7 +57,7 @@ from world.street import render_street_frame, sample_street_clip
 CLIPS_PER_SEED = 10_000
 LOCAL = {"car": "a car", "truck": "a truck", "pedestrian": "a pedestrian"}
 METHODS = {"Strata": dict(local=True),
-           "Strata, trained projections": dict(local=True, projections=True),
+           "Strata trained projections": dict(local=True, projections=True),
            "Strata w/o overlap sync": dict(local=True, overlap_sync=0.0),
            "Strata w/o cross-camera": dict(cross_view=False, local=True),
            "Strata w/o temporal": dict(temporal=False, local=True),
