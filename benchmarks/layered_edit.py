@@ -214,16 +214,17 @@ def main(argv=None) -> dict:
     if unknown := chosen - set(METHODS):
         parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; expected a subset of {', '.join(METHODS)}")
     methods = [name for key, name in METHODS.items() if key == "full" or key in chosen]
+    try:
+        base_settings = replace(EditSettings(steps=args.steps), **_settings_overrides(args.set))
+    except (TypeError, ValueError) as err:
+        parser.error(f"--set: {err}")
     pipe = load_pipeline(args.model, LayeredEditPipeline)
     pipe.set_progress_bar_config(disable=True)
     text2image = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                          unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
                                          feature_extractor=None, requires_safety_checker=False)
     text2image.set_progress_bar_config(disable=True)
-    try:
-        settings = replace(EditSettings(steps=args.steps), **_settings_overrides(args.set)).sized_for(pipe)
-    except (TypeError, ValueError) as err:
-        parser.error(f"--set: {err}")
+    settings = base_settings.sized_for(pipe)
     scores = {m: [] for m in methods}
     seconds = {m: [] for m in methods}
     removal = {mode: {"gone": [], "kept": [], "seconds": []} for mode in REPLAY_MODES}

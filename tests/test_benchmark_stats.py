@@ -116,6 +116,22 @@ def test_methods_flag_refuses_an_unknown_method_before_loading_anything(capsys):
     assert "unknown bcg-only" in capsys.readouterr().err
 
 
+def test_set_flag_parses_settings_and_names_a_bad_one(capsys):
+    """--set FIELD=VALUE (development runs) takes each field's type; an unknown field or a bad value is a
+    usage error naming --set, before any model loads. A table with no rows (only "full" run: no margins)
+    prints its header instead of crashing after the run."""
+    from benchmarks.common import print_table
+    from benchmarks.layered_edit import _settings_overrides, main
+    assert _settings_overrides(["strength=0.8", "bcg=false", "tighten=None", "steps=12"]) == {
+        "strength": 0.8, "bcg": False, "tighten": None, "steps": 12}
+    for bad in ("strenght=0.8", "strength=1.5"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--scenes", "1", "--set", bad, "--model", "/nonexistent"])
+        assert exit_info.value.code == 2 and "--set" in capsys.readouterr().err
+    print_table("empty", ["method", "margin"], [])
+    assert "| method | margin |" in capsys.readouterr().out
+
+
 def test_pooling_runs_pairs_scenes_and_splits_by_mask_area():
     from benchmarks.layered_edit_pool import pool
 
