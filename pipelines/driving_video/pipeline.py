@@ -17,9 +17,10 @@ says (where the road ends, the grass). Memory does not grow
 with the video's length: only the carried frames' trajectories are kept between windows.
 
 Cross-view attention is parameter-free unless the pipeline has trained projections (the optional
-`view_projections` component, a `CrossViewProjections`: `training.train --stage crossview`; the embedded
-model ships them in weights/world-crossview): each UNet self-attention layer then adds a projection of
-the extended attention to its plain self-attention (the ControlNet's layers stay parameter-free).
+`view_projections` component, a `CrossViewProjections`: `training.train --stage crossview`;
+`load_view_projections` reads weights/world-crossview when the embedded model ships one, which it does
+not today): each UNet self-attention layer then adds a projection of the extended attention to its
+plain self-attention (the ControlNet's layers stay parameter-free).
 
     pipe = DrivingVideoPipeline.from_pretrained(folder)      # a folder with controlnet/, or controlnet=…
     video = pipe(StreetClip.load("clip.json"), "a street view", {"car": "a blue car"}).frames  # (F, V, H, W, 3)

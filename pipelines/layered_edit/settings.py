@@ -47,7 +47,9 @@ class EditSettings:
     tighten: float | None = None  # harmonize steps keep the background outside the object (see
     #                               LayeredEditPipeline.__call__); None: they run free inside the mask
     strength: float = 1.0  # below 1, a new layer starts from the scene's own latents after the first
-    #                        (1 − strength) of the steps, inside the rough mask too (image-to-image)
+    #                        (1 − strength) of the steps, inside the rough mask too (image-to-image): less
+    #                        halo, but fewer objects made on held-out scenes (RESULTS.md, "Fifteenth
+    #                        session"), so off by default
     replay: str = "memory"  # how a later layer that sees a removal/re-edit below it is brought up to date:
     #                         "memory": its own latents inside its object (from memory) spliced onto the new
     #                         scene, then only the last `harmonize` steps re-run, and that result kept only
