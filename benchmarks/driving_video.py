@@ -5,7 +5,7 @@
 Table 1, one row per method, all on the embedded model and ControlNet, the same clips, seeds and steps:
   Strata                        cross-camera + temporal attention + local prompts (one per box class),
                                 parameter-free cross-view attention
-  Strata trained projections   the same with the trained cross-view projections (--projections; the
+  Strata trained projections    the same with the trained cross-view projections (--projections; the
                                 embedded model's by default, when it ships them)
   Strata w/o overlap sync       no averaging of neighbouring cameras' clean-latent estimates where the
                                 layout says they see the same surface (attention alone)
