@@ -108,7 +108,6 @@ def torch_path(q, k, v, index, scale=None, q_hat=None, w=0.0):
     pattern (window_start), on overlapping windows of one padded K/V copy; else on keys gathered per group."""
     q = _blend(q, q_hat, w)
     b, h, g, lq, d = q.shape
-    lk = k.shape[3]
     # Measured on the CPU only (RESULTS.md); on a GPU the gathered path below is the one measured.
     if q.device.type == "cpu" and (start := window_start(index)) is not None:
         return _windowed(q, k.contiguous(), v.contiguous(), start, index.shape[1], scale)
