@@ -104,8 +104,9 @@ def _windowed(q, k, v, start: int, m: int, scale):
 
 
 def torch_path(q, k, v, index, scale=None, q_hat=None, w=0.0):
-    """All groups in one SDPA call (the CPU and fallback path): on the CPU, when the index is a window
-    pattern (window_start), on overlapping windows of one padded K/V copy; else on keys gathered per group."""
+    """The CPU and fallback path, in SDPA calls without a mask: on the CPU, when the index is a window
+    pattern (window_start), one call on overlapping windows of one padded K/V copy; else on keys gathered
+    per group, one call for all rows, or (rows with −1 slots) one per number of groups a row lists."""
     q = _blend(q, q_hat, w)
     b, h, g, lq, d = q.shape
     # Measured on the CPU only (RESULTS.md); on a GPU the gathered path below is the one measured.
