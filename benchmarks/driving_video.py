@@ -126,7 +126,7 @@ def bench_methods(pipe, args) -> dict:
                               num_frames=args.frames, window=args.window, num_inference_steps=args.steps,
                               cross_view=options.get("cross_view", True), temporal=options.get("temporal", True),
                               use_view_projections=options.get("projections", False), reach=args.reach,
-                              overlap_sync=options.get("overlap_sync", args.sync),
+                              **_sync(options, args),
                               guidance_scale=args.guidance,
                               generator=torch.Generator().manual_seed(c)).frames
                 seconds = time.perf_counter() - start
@@ -139,6 +139,12 @@ def bench_methods(pipe, args) -> dict:
                    "seconds_per_camera_frame": float(np.mean(s["seconds"])) if s["seconds"] else None,
                    "peak_extra_mib": float(max(s["memory"])) if s["memory"] else None}
             for name, s in scores.items()}
+
+
+def _sync(options: dict, args) -> dict:
+    """overlap_sync for a row: its own (0 for the rows without it), else --sync, else the pipeline's default."""
+    value = options.get("overlap_sync", args.sync)
+    return {} if value is None else {"overlap_sync": value}
 
 
 def linked_cells(clip, frame: int, scale: int = 4) -> np.ndarray:
@@ -199,8 +205,8 @@ def main(argv=None) -> dict:
                         help="trained cross-view projections for their row: a folder, 'embedded' or 'none'")
     parser.add_argument("--reach", type=int, default=1, help="cameras on each side that cross-view attention reads")
     parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--sync", type=float, default=0.875,
-                        help="overlap_sync for the Strata rows (the pipeline's default; 0: off)")
+    parser.add_argument("--sync", type=float, default=None,
+                        help="overlap_sync for the Strata rows (default: the pipeline's; 0: off)")
     parser.add_argument("--methods", default=None,
                         help="a comma-separated subset of the rows (names as printed; default: all)")
     parser.add_argument("--json", default=None)

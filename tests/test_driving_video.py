@@ -182,6 +182,11 @@ def test_cross_view_attention_changes_the_video_and_is_removed_after(pipe, clip)
     assert all(not isinstance(p, CrossViewProcessor) for p in pipe.unet.attn_processors.values())
 
 
+def _components(pipe) -> dict:
+    """The fixture pipeline's components, for another pipeline built on the same models."""
+    return {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")}
+
+
 def test_trained_projections_are_a_pipeline_component_that_loads_and_can_be_switched_off(pipe, clip, tmp_path):
     """Guards against trained projections that are saved but never read (the video unchanged), that leak
     into the parameter-free run, or that a pipeline folder drops on save / load."""
@@ -195,8 +200,7 @@ def test_trained_projections_are_a_pipeline_component_that_loads_and_can_be_swit
     loaded = CrossViewProjections.from_pretrained(tmp_path / "projections")
     for a, b in zip(projections.parameters(), loaded.parameters()):
         torch.testing.assert_close(a, b)
-    with_projections = DrivingVideoPipeline(**{k: getattr(pipe, k) for k in (
-        "vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")}, view_projections=loaded)
+    with_projections = DrivingVideoPipeline(**_components(pipe), view_projections=loaded)
     with_projections.set_progress_bar_config(disable=True)
     kwargs = dict(num_frames=2, num_inference_steps=2)
     trained = with_projections(clip, generator=torch.Generator().manual_seed(3), **kwargs).frames
@@ -213,8 +217,7 @@ def test_trained_projections_are_a_pipeline_component_that_loads_and_can_be_swit
 def test_projections_made_for_another_model_or_a_bad_folder_are_refused(pipe, clip, tmp_path):
     from pipelines.loading import ModelLoadError, load_view_projections
     other = CrossViewProjections(["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"], [7])
-    mismatched = DrivingVideoPipeline(**{k: getattr(pipe, k) for k in (
-        "vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")}, view_projections=other)
+    mismatched = DrivingVideoPipeline(**_components(pipe), view_projections=other)
     with pytest.raises(ValueError, match="view_projections: made for another UNet"):
         mismatched(clip, num_frames=1, num_inference_steps=1)
     with pytest.raises(ModelLoadError, match="projections: .* not a folder saved by"):
@@ -301,8 +304,7 @@ def test_overlap_sync_runs_in_the_pipeline_and_brings_overlaps_together(pipe, cl
         def decode(self, x):
             latents.setdefault(self._tag, []).append(x.clone())
             return super().decode(x)
-    recording = Recording(**{k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "controlnet",
-                                                            "scheduler")})
+    recording = Recording(**_components(pipe))
     recording.set_progress_bar_config(disable=True)
     runs = {}
     for tag, sync in (("free", 0.0), ("synced", 1.0)):

@@ -52,7 +52,7 @@ from pipelines.driving_video.pipeline import (CONTROLNET_PREFIX, STREET_MAX_DEPT
 from world.flat import is_held_out, render_flat, sample_flat_spec
 from world.models import build_components, build_controlnet, scheduler_config
 from world.orbit import control_map, render_orbit, sample_orbit_spec
-from world.street import render_street_frame, sample_street_clip
+from world.street import make_rig, render_street_frame, sample_street_clip
 
 STAGES = ("vae", "t2i", "controlnet", "crossview", "export")
 SAMPLE_CAPTIONS = ["a red circle on grass", "a blue square on sand", "a yellow triangle on water",
@@ -365,7 +365,7 @@ def train_crossview(args) -> None:
         accelerator.print(f"resumed crossview at step {step} from {ckpt}")
     optimizer = accelerator.prepare(optimizer)
     ema.to(device)
-    n_views = len(sample_street_clip(0, n_frames=1).rig)
+    n_views = len(make_rig())  # the rig sample_street_clip gives every clip
     groups = args.frames * n_views
     views = ViewState(frame_index(args.frames, n_views), projections.as_dict())
     controller = AttentionController(views=views)
