@@ -1,6 +1,8 @@
 """What a street layout looks like from each camera, without a model: ray casting of the ground plane
 and the layout's boxes. The driving pipeline's control maps (class colours and depth) and class
 regions come from here, and the toy world's renderer casts its boxes and ground with the same code.
+Which cells of one camera its neighbours see (`depth_correspondences`, from any cameras' depths) is
+what both pipelines' overlap sync averages over.
 
 Rays are (R, 3) origins and directions in world coordinates (`Camera.rays`: t along a ray is z-depth).
 """
@@ -84,26 +86,59 @@ def scaled_camera(camera: Camera, width: int, height: int) -> Camera:
     return Camera(camera.c2w, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy, width, height)
 
 
-def view_correspondences(clip: StreetClip, frame: int, size: tuple[int, int], neighbours: list[list[int]],
-                         depth_tolerance: float = 0.05) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
-    """Where each camera's pixels on a (width, height) = size grid (a latent grid) are seen by its
-    neighbouring cameras, from the layout alone (its ground plane and boxes, `cast_layout`).
+def grid_depth(depth: np.ndarray, size: tuple[int, int], edge_tolerance: float | None = None) -> np.ndarray:
+    """A z-depth map (H, W) read at the cell centres of a (width, height) = size grid (a latent grid): the
+    pixel nearest each centre (inf and NaN stay unknown). edge_tolerance: a cell holding a depth edge
+    (where inverse depth bends by more than this fraction of itself over three pixels: two surfaces,
+    or a surface and empty space, meet; the cell mixes them) is unknown (NaN); a plane seen at any
+    slope is not an edge."""
+    width, height = size
+    depth = np.asarray(depth, dtype=np.float64)
+    rows = np.minimum((np.arange(height) + 0.5) * depth.shape[0] / height, depth.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(width) + 0.5) * depth.shape[1] / width, depth.shape[1] - 1).astype(int)
+    out = depth[rows[:, None], cols[None, :]]
+    if edge_tolerance is None:
+        return out
+    # On a plane, inverse depth is linear in the pixel coordinates: its second difference is zero on a
+    # slope however steep and large where two surfaces (or a surface and empty space) meet.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse = np.where(np.isfinite(depth), 1.0 / depth, 0.0)
+    jump = ~np.isfinite(depth) & ~np.isinf(depth)  # NaN: unknown
+    for axis in (0, 1):
+        a = np.moveaxis(inverse, axis, 0)
+        second = np.abs(a[:-2] - 2 * a[1:-1] + a[2:])
+        bent = second > edge_tolerance * np.maximum(a[1:-1], np.maximum(a[:-2], a[2:]))
+        marks = np.moveaxis(jump, axis, 0)
+        marks[:-2] |= bent
+        marks[1:-1] |= bent
+        marks[2:] |= bent
+    row_of = np.minimum(np.arange(depth.shape[0]) * height // depth.shape[0], height - 1)
+    col_of = np.minimum(np.arange(depth.shape[1]) * width // depth.shape[1], width - 1)
+    edge = np.zeros(height * width, bool)
+    np.logical_or.at(edge, (row_of[:, None] * width + col_of[None, :]).ravel(), jump.ravel())
+    return np.where(edge.reshape(height, width), np.nan, out)
+
+
+def depth_correspondences(cameras: list[Camera], depths: list[np.ndarray | None], neighbours: list[list[int]],
+                          depth_tolerance: float = 0.05) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Where each camera's pixels are seen by its neighbouring cameras, from every camera's z-depth (inf:
+    nothing there; None: unknown, that camera is linked to nothing).
 
     For every camera b, one (a, seen (h, w) bool, where (h, w, 2) float) per a in neighbours[b]: seen
-    marks b's cells whose surface point lands inside a's grid with a's own layout depth agreeing there
-    (within depth_tolerance, relative; the sky and occluded points are never seen), where holds the
-    point's continuous (x, y) grid coordinates in a (cell centres at +0.5)."""
-    width, height = size
-    cameras = [scaled_camera(c, width, height) for c in clip.cameras(frame)]
-    boxes = clip.frames[frame].boxes
-    depths = [cast_layout(c, boxes)[1] for c in cameras]
+    marks b's pixels whose surface point lands inside a's image with a's own depth agreeing there
+    (within depth_tolerance, relative; empty and occluded points are never seen), where holds the
+    point's continuous (x, y) pixel coordinates in a (pixel centres at +0.5)."""
     out = []
     for b, camera in enumerate(cameras):
-        finite = np.isfinite(depths[b])
-        points = camera.unproject(np.where(finite, depths[b], 1.0))
         links = []
         for a in neighbours[b]:
+            if depths[b] is None or depths[a] is None:
+                links.append((a, np.zeros((camera.height, camera.width), bool), np.zeros((camera.height, camera.width, 2))))
+                continue
+            finite = np.isfinite(depths[b])
+            points = camera.unproject(np.where(finite, depths[b], 1.0))
             uv, z = cameras[a].project(points)
+            width, height = cameras[a].width, cameras[a].height
             with np.errstate(invalid="ignore"):
                 inside = finite & (z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) \
                     & (uv[..., 1] < height)
@@ -115,3 +150,14 @@ def view_correspondences(clip: StreetClip, frame: int, size: tuple[int, int], ne
             links.append((a, seen, np.where(seen[..., None], uv, 0.0)))
         out.append(links)
     return out
+
+
+def view_correspondences(clip: StreetClip, frame: int, size: tuple[int, int], neighbours: list[list[int]],
+                         depth_tolerance: float = 0.05) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """`depth_correspondences` of a street clip's cameras at one frame on a (width, height) = size grid
+    (a latent grid), from the layout alone (its ground plane and boxes, `cast_layout`; the sky is never
+    seen)."""
+    width, height = size
+    cameras = [scaled_camera(c, width, height) for c in clip.cameras(frame)]
+    boxes = clip.frames[frame].boxes
+    return depth_correspondences(cameras, [cast_layout(c, boxes)[1] for c in cameras], neighbours, depth_tolerance)

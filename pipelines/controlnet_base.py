@@ -30,6 +30,11 @@ class ControlNetPipelineBase(DiffusionPipeline):
         return self.unet(latents, t, encoder_hidden_states=hidden, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample
 
+    def alpha_prev(self, t) -> torch.Tensor:
+        """ᾱ of the timestep a DDIM step from t lands on (as `DDIMScheduler.step` computes it)."""
+        prev = int(t) - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
+        return self.scheduler.alphas_cumprod[prev] if prev >= 0 else self.scheduler.final_alpha_cumprod
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(B, H, W, 3) uint8 images of latents (B, C, h, w), one row at a time (memory stays flat)."""

@@ -22,7 +22,7 @@ from attention_processors.regions import RegionState
 from attention_processors.temporal import frame_index
 from formats import StreetClip
 from pipelines.driving_video import DrivingVideoPipeline, write_video
-from pipelines.driving_video.pipeline import CONTROLNET_PREFIX, sync_overlaps, view_processors
+from pipelines.driving_video.pipeline import CONTROLNET_PREFIX, view_processors
 from tests.tiny_models import sd1_components, tiny_controlnet
 from world.street import make_rig, sample_street_clip
 
@@ -251,23 +251,6 @@ def test_the_controlnet_and_the_unet_keep_their_own_prompt_keys():
                 controlnet(latents, 10, encoder_hidden_states=hidden, controlnet_cond=control, return_dict=False)
             return unet(latents, 10, encoder_hidden_states=hidden).sample
     torch.testing.assert_close(unet_output(True), unet_output(False), atol=1e-6, rtol=1e-6)
-
-
-def test_sync_overlaps_averages_the_linked_cells_and_nothing_else():
-    """Row 1's left half is linked to row 0 at the same cells: there it becomes the mean of both, elsewhere
-    (and all of row 0, which nothing links) it stays. Guards against averaging outside the overlap, a
-    grid that reads the wrong cells (grid_sample's cell-centre convention) and counts that weigh a view
-    twice."""
-    estimate = torch.randn(2, 4, 6, 8, dtype=torch.float64)
-    y, x = torch.meshgrid(torch.arange(6) + 0.5, torch.arange(8) + 0.5, indexing="ij")
-    grid = torch.stack([x / 8 * 2 - 1, y / 6 * 2 - 1], -1)[None].double()
-    mask = torch.zeros(1, 1, 6, 8, dtype=torch.float64)
-    mask[..., :4] = 1
-    out = sync_overlaps(estimate, torch.tensor([0]), torch.tensor([1]), grid, mask)
-    torch.testing.assert_close(out[0], estimate[0])
-    torch.testing.assert_close(out[1, ..., :4], (estimate[0, ..., :4] + estimate[1, ..., :4]) / 2)
-    torch.testing.assert_close(out[1, ..., 4:], estimate[1, ..., 4:])
-    assert sync_overlaps(estimate) is estimate  # no links
 
 
 def test_view_correspondences_link_ring_neighbours_and_map_back():

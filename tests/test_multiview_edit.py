@@ -69,6 +69,29 @@ def test_each_mechanism_changes_the_result(pipe, scene):
         assert not torch.allclose(_run(pipe, inputs, **kwargs).latents, plain, atol=1e-4), kwargs
 
 
+@pytest.mark.parametrize("space", ["image", "latent"])
+def test_overlap_sync_brings_the_views_together_where_the_depths_link_them(pipe, scene, space):
+    """Guards against the sync switched off in the pipeline (the result unchanged), a latent sync that
+    does not bring linked cells of different views closer at the end, and a sync that runs without
+    depths (nothing says which cells agree: the result must be independent editing's). Image space
+    through the tiny random VAE (its encoder does not invert its decoder) is only checked to act; its
+    arithmetic is tested with an invertible VAE in test_overlap_sync.py, its effect in the benchmark."""
+    _, inputs = scene
+    free = _run(pipe, inputs, injection=None)
+    synced = _run(pipe, inputs, injection=None, overlap_sync=1.0, sync_space=space)
+    assert not torch.allclose(free.latents, synced.latents, atol=1e-4)
+    if space == "latent":
+        links = pipe.overlap_links(inputs["cameras"], inputs["depths"], tuple(free.latents.shape[-2:]), "cpu")
+        sources, targets, grids, masks = links
+
+        def disagreement(x):
+            warped = torch.nn.functional.grid_sample(x[sources], grids, align_corners=False)
+            return float(((warped - x[targets]).abs() * masks).sum() / masks.sum())
+        assert disagreement(synced.latents) < 0.5 * disagreement(free.latents)
+    no_depth = _run(pipe, {**inputs, "depths": None}, injection=None, overlap_sync=1.0, sync_space=space).latents
+    torch.testing.assert_close(no_depth, free.latents)
+
+
 def test_blend_weight_zero_is_independent_editing(pipe, scene):
     _, inputs = scene
     independent = _run(pipe, inputs, injection=None).latents
@@ -112,7 +135,9 @@ def test_bad_arguments_are_named(pipe, scene, change, message):
 def test_bad_settings_are_named(pipe, scene):
     for kwargs, message in ((dict(injection="paste"), "injection"), (dict(interval=0), "interval"),
                             (dict(blend_weight=2.0), "blend_weight"), (dict(query_layers=["nope"]), "query_layers"),
-                            (dict(guidance_alpha=float("nan")), "guidance_alpha"), (dict(qnerf_from=-0.1), "qnerf_from")):
+                            (dict(guidance_alpha=float("nan")), "guidance_alpha"), (dict(qnerf_from=-0.1), "qnerf_from"),
+                            (dict(overlap_sync=1.5), "overlap_sync"), (dict(overlap_sync=True), "overlap_sync"),
+                            (dict(sync_space="pixels"), "sync_space")):
         with pytest.raises(ValueError, match=message):
             _run(pipe, scene[1], **kwargs)
 

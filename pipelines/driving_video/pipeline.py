@@ -42,6 +42,7 @@ from formats.projection import control_maps, view_correspondences
 from pipelines.conditioning import encode_prompts
 from pipelines.controlnet_base import ControlNetPipelineBase
 from pipelines.outputs import DrivingVideoPipelineOutput
+from pipelines.overlap_sync import link_tensors, sync_overlaps
 
 MAX_FRAMES = 1000
 STREET_MAX_DEPTH = 40.0  # metres at which the control map's depth reaches 0 (the ControlNet's training)
@@ -58,17 +59,6 @@ def view_processors(controller: AttentionController, prefix: str = ""):
             return MultiQueryDisentangledProcessor(controller, prefix + name, original) if controller.regions else None
         return CrossViewProcessor(controller, prefix + name, original) if controller.views else None
     return make
-
-
-def sync_overlaps(estimate: torch.Tensor, sources=None, targets=None, grids=None, masks=None) -> torch.Tensor:
-    """Each row's cells that neighbouring rows also see, averaged with what those rows hold there
-    (bilinear samples at the linked positions): synchronised estimates. No links: unchanged."""
-    if sources is None:
-        return estimate
-    warped = F.grid_sample(estimate[sources], grids, mode="bilinear", padding_mode="border", align_corners=False)
-    total = estimate.index_add(0, targets, warped * masks)
-    count = torch.ones_like(estimate[:, :1]).index_add(0, targets, masks)
-    return total / count
 
 
 class DrivingVideoPipeline(ControlNetPipelineBase):
@@ -132,31 +122,16 @@ class DrivingVideoPipeline(ControlNetPipelineBase):
         cond = hidden[:n].reshape(1, -1, hidden.shape[-1])
         return torch.cat([negative.expand(groups, -1, -1), cond.expand(groups, -1, -1)]).to(self.unet.dtype)
 
-    def alpha_prev(self, t) -> torch.Tensor:
-        """ᾱ of the timestep a DDIM step from t lands on (as `DDIMScheduler.step` computes it)."""
-        prev = int(t) - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
-        return self.scheduler.alphas_cumprod[prev] if prev >= 0 else self.scheduler.final_alpha_cumprod
-
     def overlap_links(self, layout: StreetClip, frames: list[int], size: tuple[int, int], reach: int, device):
         """The latent rows of `frames` (frame-major, every camera) that see each other's cells, from the
         layout (`formats.projection.view_correspondences`): source rows (L,), target rows (L,), sampling
         grids (L, h, w, 2) for `F.grid_sample` and masks (L, 1, h, w); L links in all (() when none)."""
         height, width = size
         n_views = len(layout.rig)
-        sources, targets, grids, masks = [], [], [], []
-        for k, f in enumerate(frames):
-            for b, links in enumerate(view_correspondences(layout, f, (width, height), ring_neighbours(n_views, reach))):
-                for a, seen, where in links:
-                    if seen.any():
-                        sources.append(k * n_views + a)
-                        targets.append(k * n_views + b)
-                        grids.append(where / np.array([width, height]) * 2 - 1)
-                        masks.append(seen[None])
-        if not sources:
-            return ()
-        as_tensor = lambda x, dtype: torch.from_numpy(np.stack(x)).to(device, dtype)  # noqa: E731
-        return (torch.tensor(sources, device=device), torch.tensor(targets, device=device),
-                as_tensor(grids, self.unet.dtype), as_tensor(masks, self.unet.dtype))
+        links = [(k * n_views + a, k * n_views + b, seen, where) for k, f in enumerate(frames)
+                 for b, view in enumerate(view_correspondences(layout, f, (width, height), ring_neighbours(n_views, reach)))
+                 for a, seen, where in view]
+        return link_tensors(links, size, device, self.unet.dtype)
 
     def region_labels(self, class_maps: np.ndarray, classes: list[str]) -> torch.Tensor:
         """(G, h, w) long: 1 + the index in `classes` where a latent pixel touches a box of that class, 0

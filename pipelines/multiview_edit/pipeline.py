@@ -11,6 +11,10 @@ generated together under their new control maps (a ControlNet), starting from th
   same cached latent — inject the rendered queries: `guidance` (a gradient step on the latent toward
   them before each scheduler step, the paper's soft injection) or `blend` (q' = (1 − w)·q + w·q̂ inside
   the layer).
+- overlap sync (optional, `overlap_sync`): where the depths after the edit say two views see the same
+  surface, their clean-latent estimates are averaged after each DDIM step of the first part of the
+  schedule (`pipelines.overlap_sync`, as the driving pipeline does between cameras); the last steps
+  run free.
 Baselines through the same call: `injection=None` (independent per-view editing: ControlNet and
 key/value injection only) and `extended_attention=True` (each view also reads its ring neighbours'
 keys and values, `kernels.neighbour_attention`).
@@ -39,9 +43,11 @@ from formats.cameras import Camera
 from pipelines.conditioning import ddim_inversion, encode_prompts, images_to_tensor
 from pipelines.controlnet_base import ControlNetPipelineBase
 from pipelines.outputs import MultiViewEditPipelineOutput
+from pipelines.overlap_sync import depth_links, link_tensors, sync_decoded, sync_overlaps
 from qnerf import FieldConfig, FitSettings, fit_queries, render_queries
 
 INJECTIONS = (None, "guidance", "blend")
+SYNC_SPACES = ("image", "latent")
 
 
 class MultiViewEditPipeline(ControlNetPipelineBase):
@@ -49,7 +55,7 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
 
     def check_inputs(self, images, cameras, control_image, source_control_image, depths, prompt, injection,
                      num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from=0.0,
-                     guidance_alpha=0.05):
+                     guidance_alpha=0.05, overlap_sync=0.0, sync_space="image"):
         """Each bad argument is a ValueError that names it; nothing is changed before all pass."""
         if not isinstance(self.scheduler, self.required_scheduler):
             raise ValueError(f"scheduler: multi-view editing inverts the views with DDIM, got "
@@ -90,15 +96,30 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"interval: expected a positive number of steps between QNeRF fits, got {interval!r}")
         for name, value in (("qnerf_from", qnerf_from), ("qnerf_until", qnerf_until), ("blend_weight", blend_weight),
-                            ("kv_start", kv_start)):
+                            ("kv_start", kv_start), ("overlap_sync", overlap_sync)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ValueError(f"{name}: expected a fraction in [0, 1], got {value!r}")
         if isinstance(guidance_alpha, bool) or not isinstance(guidance_alpha, (int, float)) or not 0 <= guidance_alpha < 10:
             raise ValueError(f"guidance_alpha: expected a step size in [0, 10), got {guidance_alpha!r}")
+        if sync_space not in SYNC_SPACES:
+            raise ValueError(f"sync_space: expected one of {SYNC_SPACES}, got {sync_space!r}")
         if query_layers is not None:
             unknown = set(query_layers) - set(self.unet.attn_processors)
             if not query_layers or unknown or any(is_cross_attention(n) for n in query_layers):
                 raise ValueError(f"query_layers: expected self-attention install names of the UNet, got {query_layers!r}")
+
+    def overlap_links(self, cameras: list[Camera], depths: list[np.ndarray | None] | None, size: tuple[int, int],
+                      device, edge_tolerance: float | None = 0.1) -> tuple:
+        """The views' cells on a (height, width) = size grid (the latent grid, or the images' for
+        `sync_space="image"`) that other views see, from their depths after the edit
+        (`pipelines.overlap_sync.depth_links`: every pair of views, their depths decide; cells on a depth
+        edge left out); a view without depth is linked to nothing, and no depths at all link nothing: ()."""
+        if depths is None:
+            return ()
+        n_views = len(cameras)
+        neighbours = [[a for a in range(n_views) if a != b] for b in range(n_views)]
+        return link_tensors(depth_links(cameras, depths, size, neighbours, edge_tolerance), size, device,
+                            self.unet.dtype)
 
     def encode_prompt(self, prompt: str, source_prompt: str, negative_prompt: str, n_views: int, device):
         """(2V, T, C) negative then edit prompt per view, and (V, T, C) the source prompt per view."""
@@ -119,7 +140,7 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
                  fit_settings: FitSettings = FitSettings(), field_config: FieldConfig = FieldConfig(),
                  generator: torch.Generator | None = None, output_type: str = "np", return_dict: bool = True,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] = ("latents",),
-                 interval_callback=None):
+                 interval_callback=None, overlap_sync: float = 0.0, sync_space: str = "image"):
         """Edit the views.
 
         images: the source views (V, H, W, 3) uint8; cameras: their cameras (`formats.Camera`);
@@ -132,12 +153,16 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         interval: steps between QNeRF fits (τ); qnerf_from / qnerf_until: the part of the schedule with
         fits and injection (fractions of the steps); blend_weight: w of the blend; guidance_alpha: the RMS of a guidance step.
         interval_callback(step, fit_result, rendered) is called after each fit.
+        overlap_sync: the first fraction of the steps after which the views' clean-latent estimates are
+        averaged where the depths link them (0: never; needs depths: without them nothing is linked);
+        sync_space: "image" (average the decoded estimates pixel by pixel and carry the change back
+        through the encoder, `sync_decoded`) or "latent" (average the latent cells, `sync_overlaps`).
         """
         if source_control_image is None:
             source_control_image = control_image
         self.check_inputs(images, cameras, control_image, source_control_image, depths, prompt, injection,
                           num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from,
-                          guidance_alpha)
+                          guidance_alpha, overlap_sync, sync_space)
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type: expected 'np' or 'latent', got {output_type!r}")
         device = self._execution_device
@@ -181,6 +206,15 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         inject_from, inject_until = round(qnerf_from * num_inference_steps), round(qnerf_until * num_inference_steps)
         model_hidden, model_control = edit_hidden, torch.cat([control, control])
         fits, field = [], None
+        n_sync = round(overlap_sync * num_inference_steps)
+        links = ()
+        if n_sync and sync_space == "image":  # pixel-exact links; a pixel mixes no surfaces
+            links = self.overlap_links(cameras, depths, images.shape[1:3], device, edge_tolerance=None)
+        elif n_sync:
+            links = self.overlap_links(cameras, depths, latent_size, device)
+
+        def synchronise(estimate):
+            return sync_decoded(estimate, self.vae, links) if sync_space == "image" else sync_overlaps(estimate, *links)
 
         def predict(z):  # the classifier-free-guided model output for the edited views
             out = self.denoise(torch.cat([z, z]), t, model_hidden, model_control, controlnet_conditioning_scale)
@@ -218,7 +252,11 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
                 if queries is not None:
                     queries.mode = "blend" if injecting and injection == "blend" else None
                 noise = predict(latents)
-                latents = self.scheduler.step(noise, t, latents).prev_sample
+                step = self.scheduler.step(noise, t, latents)
+                latents = step.prev_sample
+                if i < n_sync:  # the same DDIM step from synchronised clean-latent estimates
+                    estimate = step.pred_original_sample
+                    latents = latents + self.alpha_prev(t).sqrt() * (synchronise(estimate) - estimate)
                 if callback_on_step_end is not None:
                     local = {"latents": latents}
                     out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
