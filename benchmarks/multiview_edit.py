@@ -6,11 +6,13 @@ Scene k of seed S is `sample_orbit_spec(S·10⁴ + k)` seen by 16 cameras on its
 are edited, the 8 between them are held out. The edit cycles move (0.6 m), scale (×1.4) and recolour
 (a colour not in the scene) of object 0. One row per method, all on the embedded model and ControlNet,
 the same scenes, controls (the edited scene's control maps), seeds and step count:
-  Strata, QNeRF guidance         the paper's soft injection (a gradient step toward the rendered queries)
-  Strata, QNeRF blend            q' = (1 − w)·q + w·q̂ inside the recorded layers
-  extended attention             each view also reads its two neighbours' keys and values, no QNeRF
-  independent (ControlNet + KV)  every view on its own: ControlNet and source key/value injection
-  ground-truth renders           the edited scene's own renders (the ceiling)
+  Strata, QNeRF guidance           the paper's soft injection (a gradient step toward the rendered queries)
+  Strata, QNeRF blend              q' = (1 − w)·q + w·q̂ inside the recorded layers
+  Strata, overlap sync (no QNeRF)  the views' clean-latent estimates averaged where the edited scene's
+                                   depths link their latent cells, the first 90 % of the steps
+  extended attention               each view also reads its two neighbours' keys and values, no QNeRF
+  independent (ControlNet + KV)    every view on its own: ControlNet and source key/value injection
+  ground-truth renders             the edited scene's own renders (the ceiling)
 Columns (means over scenes ± standard error):
   edit success: of the edited views where the edited object shows ≥ 20 pixels, the fraction where the
     oracle (shading-aware) finds an object of its colour whose centroid lies in its projected box;
@@ -47,10 +49,13 @@ from world.orbit import example_edit, render_orbit, sample_orbit_spec
 from world.reproject import consistency
 
 SCENES_PER_SEED = 10_000
+NO_SYNC = dict(overlap_sync=0.0)
 METHODS = {"Strata, QNeRF guidance": dict(injection="guidance"),
            "Strata, QNeRF blend": dict(injection="blend"),
-           "extended attention": dict(injection=None, extended_attention=True),
-           "independent (ControlNet + KV)": dict(injection=None)}
+           "Strata, overlap sync (no QNeRF)": dict(injection=None, overlap_sync=0.9, sync_space="latent"),
+           "extended attention": dict(injection=None, extended_attention=True, **NO_SYNC),
+           "independent (ControlNet + KV)": dict(injection=None, **NO_SYNC)}
+STRATA = ("Strata, QNeRF guidance", "Strata, QNeRF blend", "Strata, overlap sync (no QNeRF)")
 TRUTH = "ground-truth renders"
 BASELINE = "independent (ControlNet + KV)"
 MIN_PIXELS = 20
@@ -107,11 +112,18 @@ def held_out_psnr(images: np.ndarray, train_views, held_views, held_truth: np.nd
     return float(10 * np.log10(1 / max(mse, 1e-10)))
 
 
+def method_options(selected: set[str] | None, options: dict) -> dict[str, dict]:
+    """The pipeline arguments of each row to run (selected: row names, None for all; independent editing
+    always runs): options (--set) reach the Strata rows only, and never what a row is defined by (the
+    sync row keeps its sync)."""
+    return {name: dict(options if name in STRATA else {}, **own) for name, own in METHODS.items()
+            if selected is None or name in selected or name == BASELINE}
+
+
 def bench(pipe, args) -> dict:
     scores = {m: {"success": [], "reprojection": [], "psnr": [], "seconds_per_view": [], "fit_seconds": [],
                   "fit_loss": [], "memory": []} for m in [*METHODS, TRUTH]}
-    methods = {name: dict(options, **args.options) for name, options in METHODS.items()
-               if args.methods is None or name in args.methods or name == BASELINE}
+    methods = method_options(args.methods, args.options)
     names = [*methods, TRUTH]
     for k in tqdm(range(args.scenes), desc="scenes"):
         spec = replace(sample_orbit_spec(SCENES_PER_SEED * args.seed + k), n_cameras=16)
@@ -167,6 +179,13 @@ def bench(pipe, args) -> dict:
     return rows
 
 
+def _value(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=6)
@@ -177,16 +196,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--rgb-iterations", type=int, default=300, help="RGB field budget (0: skip the PSNR column)")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated: guidance, blend, extended (independent always runs)")
+                        help="comma-separated: guidance, blend, sync, extended (independent always runs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a pipeline argument for every method (development runs), e.g. blend_weight=0.8")
+                        help="a pipeline argument for the Strata rows (development runs), e.g. blend_weight=0.8 or "
+                             "sync_space=latent")
     parser.add_argument("--keep", default=None, help="write each scene's views (a row per method) to KEEP_k.png")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     args.methods = None if args.methods is None else {
-        {"guidance": "Strata, QNeRF guidance", "blend": "Strata, QNeRF blend", "extended": "extended attention"}[m]
+        {"guidance": "Strata, QNeRF guidance", "blend": "Strata, QNeRF blend", "sync": "Strata, overlap sync (no QNeRF)",
+         "extended": "extended attention"}[m]
         for m in args.methods.split(",")}
-    args.options = {key: float(value) for key, value in (item.split("=", 1) for item in args.set)}
+    args.options = {key: _value(value) for key, value in (item.split("=", 1) for item in args.set)}
     pipe = load_pipeline(args.model, MultiViewEditPipeline, controlnet=load_controlnet("embedded"))
     pipe.set_progress_bar_config(disable=True)
     torch.set_grad_enabled(False)

@@ -241,7 +241,9 @@ def test_cli_names_bad_input_before_loading_a_model(tmp_path):
             (["--dataset", str(tmp_path / "nowhere"), "--edit", str(tmp_path / "ok.json")], "no transforms.json"),
             (["--dataset", str(plain), "--edit", str(tmp_path / "ok.json")], "--controls"),
             (["--dataset", str(plain), "--edit", str(tmp_path / "ok.json"), "--controls", str(tmp_path),
-              "--prompt", "a red ball"], "frame_00000.png is missing")):
+              "--prompt", "a red ball"], "frame_00000.png is missing"),
+            (["--dataset", str(tmp_path / "scene"), "--edit", str(tmp_path / "ok.json"), "--overlap-sync", "2"],
+             "--overlap-sync")):
         done = subprocess.run([sys.executable, "-m", "pipelines.multiview_edit", *args, "--out", str(tmp_path / "o")],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--interval", type=int, default=5, help="steps between QNeRF fits (τ)")
     parser.add_argument("--fit-seconds", type=float, default=10.0, help="time budget of one QNeRF fit")
+    parser.add_argument("--overlap-sync", type=float, default=0.0, metavar="FRACTION",
+                        help="average the views' clean-latent estimates where the scene's depths link them, the "
+                             "first FRACTION of the steps (0: off; needs a Strata scene, which has depths)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--controlnet", default="embedded")
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors():
         if args.steps < 1 or args.interval < 1 or args.fit_seconds <= 0 or not 2 <= args.views <= 64:
             raise ValueError("--steps/--interval/--fit-seconds/--views: expected positive numbers (2..64 views)")
+        if not 0 <= args.overlap_sync <= 1:
+            raise ValueError(f"--overlap-sync: expected a fraction of the steps in [0, 1], got {args.overlap_sync}")
         device = check_device(args.device)
         inputs, extra = prepare(args, channels=4)  # every field checked before the model loads
         pipe = load_pipeline(args.model, MultiViewEditPipeline, device=device,
@@ -148,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         out = pipe(**inputs, num_inference_steps=args.steps, interval=args.interval,
                    fit_settings=FitSettings(max_seconds=args.fit_seconds, progress=True),
-                   generator=torch.Generator().manual_seed(args.seed), interval_callback=report, **METHODS[args.method])
+                   generator=torch.Generator().manual_seed(args.seed), interval_callback=report,
+                   overlap_sync=args.overlap_sync, sync_space="latent", **METHODS[args.method])
         write_views(args.out, out.images, inputs["cameras"], extra=extra,
                     files={"grid.png": grid_png(inputs["images"], out.images)})
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in out.seconds.items())
