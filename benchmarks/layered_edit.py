@@ -46,7 +46,6 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image
 from tqdm.auto import tqdm
 
 from benchmarks.common import machine, print_table, write_json
@@ -136,15 +135,6 @@ def run_regenerate(text2image, scenario, seed, settings):
     return images, seconds
 
 
-def save_strips(path: str, background: np.ndarray, scenario, pictures: dict[str, list[np.ndarray]]) -> None:
-    """One picture of a scene: its rough masks (lightened over the starting scene, the scene itself
-    first), then a row per method: the scene and the composite after each edit."""
-    masks = [background] + [np.where(layer.rough_mask[..., None], 255 - (255 - background) // 3, background // 3)
-                            for layer in scenario.layers]
-    rows = [np.concatenate(masks, 1)] + [np.concatenate(images, 1) for images in pictures.values()]
-    Image.fromarray(np.concatenate(rows, 0).astype(np.uint8)).save(path)
-
-
 def _eligible(covered: list[list[list[int]]], scene: int):
     return lambda j, i: j not in covered[scene][i]
 
@@ -216,9 +206,6 @@ def main(argv=None) -> dict:
                              "full is always run, the others are paired against it")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an EditSettings field for every Strata row, e.g. strength=0.9 (tuning on development seeds)")
-    parser.add_argument("--keep", default=None, metavar="PREFIX",
-                        help="write each scene's pictures to PREFIX_k.png: a row of rough masks over the scene, then "
-                             "a row per picture method (the scene, then the composite after each edit)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if not 0 < args.scenes <= SCENES_PER_SEED:
@@ -249,12 +236,10 @@ def main(argv=None) -> dict:
         n = len(scenario.layers)
         covered.append([[j for j in range(i) if covered_later(scenario, j, i)] for i in range(n)])
         mask_area.append([float(layer.rough_mask.mean()) for layer in scenario.layers])
-        pictures = {}
         for method, flags in STRATA_FLAGS.items():
             if method not in methods:
                 continue
             background, images, secs, session = run_strata(pipe, scenario, seed, settings, **flags)
-            pictures[method] = [background, *images]
             scores[method].append(score_run(background, images, scenario))
             seconds[method] += secs
             if method == "Strata (full)":
@@ -275,15 +260,12 @@ def main(argv=None) -> dict:
                                               for l in others]) if others else np.nan)
         if "blended latent diffusion" in methods:
             images, secs = run_blended(pipe, full_background, scenario, seed, settings)
-            pictures["blended latent diffusion"] = [full_background, *images]
             scores["blended latent diffusion"].append(score_run(full_background, images, scenario))
             seconds["blended latent diffusion"] += secs
         if "regenerate (floor)" in methods:
             images, secs = run_regenerate(text2image, scenario, seed, settings)
             scores["regenerate (floor)"].append(score_run(full_background, images, scenario))
             seconds["regenerate (floor)"] += secs
-        if args.keep:
-            save_strips(f"{args.keep}_{s}.png", full_background, scenario, pictures)
 
     rows = {m: {**{key: mean_se(scene_values(scores[m], key, covered)) for key in SCORES},
                 "seconds_per_edit": float(np.mean(seconds[m]))} for m in methods}

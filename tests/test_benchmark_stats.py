@@ -185,24 +185,3 @@ def test_multiview_rows_keep_what_defines_them():
     assert rows["extended attention"]["overlap_sync"] == 0.0 and "sync_space" not in rows["extended attention"]
     assert list(method_options({"Strata, QNeRF blend"}, {})) == ["Strata, QNeRF blend", BASELINE]
 
-
-def test_kept_pictures_show_the_masks_then_a_row_per_method(tmp_path):
-    """--keep writes one picture per scene: the rough masks (lit over the scene), then each method's
-    scene and composites; guards against rows of different methods swapped or a mask row that does not
-    show the mask."""
-    from PIL import Image
-
-    from benchmarks.layered_edit import save_strips
-    from world.flat import sample_edit_scenario
-    scenario = sample_edit_scenario(3, resolution=32)
-    n = len(scenario.layers)
-    background = np.full((32, 32, 3), 90, np.uint8)
-    pictures = {"a": [background] + [np.full((32, 32, 3), 10 * k, np.uint8) for k in range(1, n + 1)],
-                "b": [background] * (n + 1)}
-    save_strips(str(tmp_path / "s.png"), background, scenario, pictures)
-    grid = np.asarray(Image.open(tmp_path / "s.png"))
-    assert grid.shape == (3 * 32, (n + 1) * 32, 3)
-    first = grid[:32, 32:64, 0]
-    mask = scenario.layers[0].rough_mask
-    assert (first[mask] > 150).all() and (first[~mask] < 40).all()
-    assert grid[32 + 5, 2 * 32 + 5, 0] == 20 and (grid[64:] == 90).all()
