@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         out = pipe(**inputs, num_inference_steps=args.steps, interval=args.interval,
                    fit_settings=FitSettings(max_seconds=args.fit_seconds, progress=True),
                    generator=torch.Generator().manual_seed(args.seed), interval_callback=report,
-                   overlap_sync=args.overlap_sync, sync_space="latent", **METHODS[args.method])
+                   overlap_sync=args.overlap_sync, **METHODS[args.method])
         write_views(args.out, out.images, inputs["cameras"], extra=extra,
                     files={"grid.png": grid_png(inputs["images"], out.images)})
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in out.seconds.items())
