@@ -125,6 +125,32 @@ def test_replay_modes_of_a_later_layer_that_sees_a_removal(sd1_components, mode)
         replace(SETTINGS, replay="sometimes")
 
 
+def test_overlay_threshold_decides_what_counts_as_the_new_object(sd1_components, monkeypatch):
+    """A redrawn background ripple (a change of 60) is laid over the scene with the object (a change of
+    200) at threshold 48 and left out at 80; the session passes its setting to the overlay. Guards
+    against the threshold not reaching the overlay (the in-mask background of every edit would show)."""
+    from pipelines.layered_edit import geometry, session as session_module
+    before = np.full((16, 16, 3), 100, np.uint8)
+    generated = before.copy()
+    generated[6:10, 6:10] = 255  # the object: a change of 155 per channel
+    generated[2:4, 2:14] = 135  # a ripple of redrawn background: 35 per channel, about 60 in RGB distance
+    region = np.ones((16, 16), bool)
+    low, high = (geometry.object_alpha(before, generated, region, 0, threshold=t) for t in (48, 80))
+    assert low[2:4, 2:14].all() and low[6:10, 6:10].all()
+    assert not high[2:4].any() and high[6:10, 6:10].all()
+    seen = []
+    real = session_module.object_alpha
+    monkeypatch.setattr(session_module, "object_alpha", lambda *a, threshold: seen.append(threshold) or real(*a, threshold=threshold))
+    s = LayeredSession(LayeredEditPipeline(**sd1_components), replace(SETTINGS, overlay_threshold=90.0))
+    s.pipe.set_progress_bar_config(disable=True)
+    s.start_from_prompt("grass", seed=0)
+    s.add_layer("a red circle", _box(8, 20, 8, 20), seed=1)
+    assert seen == [90.0]
+    for bad in (0.0, 500.0, True):
+        with pytest.raises(ValueError, match="overlay_threshold"):
+            EditSettings(overlay_threshold=bad)
+
+
 def test_carry_weight_ramps_from_the_change_to_exactly_one():
     changed = np.zeros((20, 20), dtype=bool)
     changed[10, 10] = True

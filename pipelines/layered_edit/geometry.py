@@ -75,11 +75,12 @@ def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 48.0
     return changed
 
 
-def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1) -> np.ndarray:
-    """(H, W) alpha in [0, 1] of a new layer's object: the pixels of region the generation visibly
-    changed (`object_pixels`: holes filled, specks dropped), feathered by feather_px. What the
-    generation redrew of the background inside the region gets 0: the old background shows there."""
-    return overlay_alpha(object_pixels(before, generated) & region, feather_px)
+def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1,
+                 threshold: float = 48.0) -> np.ndarray:
+    """(H, W) alpha in [0, 1] of a new layer's object: the pixels of region the generation changed by
+    more than threshold (`object_pixels`: holes filled, specks dropped), feathered by feather_px. What
+    the generation redrew of the background inside the region gets 0: the old background shows there."""
+    return overlay_alpha(object_pixels(before, generated, threshold) & region, feather_px)
 
 
 def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.ndarray:

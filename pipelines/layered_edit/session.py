@@ -191,7 +191,7 @@ class LayeredSession:
         alpha = overlay_alpha(edit, s.dilate_px)
         trajectory = out.trajectory
         if s.overlay == "object":  # only the new object (feathered) over the scene: no halo of new background
-            alpha = np.minimum(alpha, object_alpha(below[-1].image, new, alpha > 0))
+            alpha = np.minimum(alpha, object_alpha(below[-1].image, new, alpha > 0, threshold=s.overlay_threshold))
             trajectory = blend_latents(below[-1].trajectory, trajectory, self.pipe.latent_mask(alpha > 0))
         alpha[protected] = 0  # earlier objects keep their exact pixels
         image = composite(below[-1].image, new, alpha)

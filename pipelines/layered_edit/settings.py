@@ -44,6 +44,10 @@ class EditSettings:
     #                         generation visibly changed (feathered; the background it redrew inside the
     #                         rough mask is not shown, and its latents keep the scene's); "mask", the whole
     #                         dilated rough mask (which showed a halo of new background around the object)
+    overlay_threshold: float = 80.0  # the RGB distance from the scene above which a pixel counts as the new
+    #                                  object for the "object" overlay (lower: more of the redrawn
+    #                                  background around the object is laid over the scene with it; 48
+    #                                  before the sixteenth session, 110 starts to lose objects: RESULTS.md)
     tighten: float | None = None  # harmonize steps keep the background outside the object (see
     #                               LayeredEditPipeline.__call__); None: they run free inside the mask
     strength: float = 1.0  # below 1, a new layer starts from the scene's own latents after the first
@@ -74,6 +78,9 @@ class EditSettings:
             raise ValueError(f"tighten: expected a positive latent distance or None, got {self.tighten!r}")
         if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1:
             raise ValueError(f"strength: expected a fraction in (0, 1], got {self.strength!r}")
+        if isinstance(self.overlay_threshold, bool) or not isinstance(self.overlay_threshold, (int, float)) \
+                or not 0 < self.overlay_threshold < 442:
+            raise ValueError(f"overlay_threshold: expected an RGB distance in (0, 442), got {self.overlay_threshold!r}")
         if not 0 <= self.protect <= 1:
             raise ValueError(f"protect: expected a fraction in [0, 1], got {self.protect!r}")
 
