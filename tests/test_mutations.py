@@ -62,7 +62,7 @@ def test_every_setting_survives_save_and_load(sd1_components, tmp_path):
     pipe.set_progress_bar_config(disable=True)
     settings = EditSettings(height=32, width=32, steps=2, guidance=5.5, harmonize=0.35, negative_prompt="a blue square",
                             mqd=False, bcg=False, dilate_px=3, protect=0.25, overlay="mask", tighten=0.7,
-                            strength=0.5, replay="seed")
+                            strength=0.5, overlay_threshold=60.0, replay="seed")
     defaults = EditSettings()
     assert all(getattr(settings, f) != getattr(defaults, f) for f in settings.__dataclass_fields__)
     session = LayeredSession(pipe, settings)
