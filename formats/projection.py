@@ -103,7 +103,7 @@ def grid_depth(depth: np.ndarray, size: tuple[int, int], edge_tolerance: float |
     # slope however steep and large where two surfaces (or a surface and empty space) meet.
     with np.errstate(divide="ignore", invalid="ignore"):
         inverse = np.where(np.isfinite(depth), 1.0 / depth, 0.0)
-    jump = ~np.isfinite(depth) & ~np.isinf(depth)  # NaN: unknown
+    jump = np.isnan(depth)  # unknown
     for axis in (0, 1):
         a = np.moveaxis(inverse, axis, 0)
         second = np.abs(a[:-2] - 2 * a[1:-1] + a[2:])
@@ -131,12 +131,13 @@ def depth_correspondences(cameras: list[Camera], depths: list[np.ndarray | None]
     out = []
     for b, camera in enumerate(cameras):
         links = []
+        if depths[b] is not None:
+            finite = np.isfinite(depths[b])
+            points = camera.unproject(np.where(finite, depths[b], 1.0))
         for a in neighbours[b]:
             if depths[b] is None or depths[a] is None:
                 links.append((a, np.zeros((camera.height, camera.width), bool), np.zeros((camera.height, camera.width, 2))))
                 continue
-            finite = np.isfinite(depths[b])
-            points = camera.unproject(np.where(finite, depths[b], 1.0))
             uv, z = cameras[a].project(points)
             width, height = cameras[a].width, cameras[a].height
             with np.errstate(invalid="ignore"):
