@@ -116,7 +116,7 @@ def run_blended(pipe, background, scenario, seed, settings):
         alpha = overlay_alpha(edit, settings.dilate_px)
         alpha[protected] = 0
         image = composite(current, out.images[0], alpha)
-        objects.append(SimpleNamespace(object_mask=object_pixels(current, image)))
+        objects.append(SimpleNamespace(object_mask=object_pixels(current, image, settings.overlay_threshold)))
         current = image
         seconds.append(time.perf_counter() - start)
         images.append(image)

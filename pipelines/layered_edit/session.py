@@ -195,7 +195,8 @@ class LayeredSession:
             trajectory = blend_latents(below[-1].trajectory, trajectory, self.pipe.latent_mask(alpha > 0))
         alpha[protected] = 0  # earlier objects keep their exact pixels
         image = composite(below[-1].image, new, alpha)
-        return Layer(prompt, seed, mask, "object", trajectory, image, edit, object_pixels(below[-1].image, image))
+        return Layer(prompt, seed, mask, "object", trajectory, image, edit,
+                     object_pixels(below[-1].image, image, s.overlay_threshold))
 
     def _replay(self, kept: list[Layer], old: list[Layer], callback=None) -> list[Layer]:
         """Bring the layers after kept up to date. old[0] is the layer kept's last one replaces (or the
@@ -216,13 +217,13 @@ class LayeredSession:
                 new = self._render_object(layers, layer.prompt, layer.rough_mask, layer.seed, callback, memory=memory)
                 if memory is not None:  # away from what changed below, its pixels stay as they were
                     image = composite(new.image, layer.image, carry_weight(changed, s.dilate_px) * region)
-                    new = replace(new, image=image, object_mask=object_pixels(layers[-1].image, image))
+                    new = replace(new, image=image, object_mask=object_pixels(layers[-1].image, image, s.overlay_threshold))
                 layers.append(new)
                 continue
             image = np.where(region[..., None], layer.image, layers[-1].image)
             trajectory = blend_latents(layers[-1].trajectory, layer.trajectory, self.pipe.latent_mask(layer.edit_mask))
             layers.append(replace(layer, image=image, trajectory=trajectory,
-                                  object_mask=object_pixels(layers[-1].image, image)))
+                                  object_mask=object_pixels(layers[-1].image, image, s.overlay_threshold)))
         return layers
 
     def _check_index(self, index: int) -> None:

@@ -44,11 +44,11 @@ class EditSettings:
     #                         generation visibly changed (feathered; the background it redrew inside the
     #                         rough mask is not shown, and its latents keep the scene's); "mask", the whole
     #                         dilated rough mask (which showed a halo of new background around the object)
-    overlay_threshold: float = 48.0  # the RGB distance from the scene above which a pixel counts as the new
+    overlay_threshold: float = 80.0  # the RGB distance from the scene above which a pixel counts as the new
     #                                  object for the "object" overlay (lower: more of the redrawn
-    #                                  background around the object is laid over the scene with it). 80
-    #                                  measured better (RESULTS.md, "Sixteenth session") but breaks a
-    #                                  replay-from-memory invariant not yet understood, so not the default
+    #                                  background around the object is laid over the scene with it; 80
+    #                                  keeps success and shows less of it: RESULTS.md, "Sixteenth session").
+    #                                  Also what later layers take as this layer's object (object_mask)
     tighten: float | None = None  # harmonize steps keep the background outside the object (see
     #                               LayeredEditPipeline.__call__); None: they run free inside the mask
     strength: float = 1.0  # below 1, a new layer starts from the scene's own latents after the first
