@@ -116,7 +116,9 @@ def test_replay_modes_of_a_later_layer_that_sees_a_removal(sd1_components, mode,
         same = lambda a, b: (a[:first + 1] == b[:first + 1]).flatten(0, 1).all(0)  # noqa: E731
         kept, scene = same(new.trajectory, spliced), same(new.trajectory, below.trajectory)
         assert (kept | scene).all()
-        assert kept[own[0] > 0].float().mean() > 0.9  # guards: memory not used (the scene's latents everywhere)
+        # most of the old object keeps its memory (the tiny random model redraws its outline a little
+        # differently); guards: memory not used (then next to none is kept)
+        assert kept[own[0] > 0].float().mean() > 0.75
         assert not torch.equal(new.trajectory[first + 1:], spliced[first + 1:])  # the last steps re-ran
         # ... and their result is used only near what changed below (the circle): farther than
         # 2·dilate_px the square's pixels are exactly as they were, nearer they are the re-run's
@@ -159,6 +161,27 @@ def test_overlay_threshold_decides_what_counts_as_the_new_object(sd1_components,
     for bad in (0.0, 500.0, True):
         with pytest.raises(ValueError, match="overlay_threshold"):
             EditSettings(overlay_threshold=bad)
+
+
+def test_the_object_overlay_feathers_inside_the_object_and_leaves_the_background_around_it_exact():
+    """The new object's edge is softened inside its own outline; every pixel next to it that the
+    generation redrew as background (a change below the threshold) keeps the scene's exact colour.
+    Guards against a feather ramp outside the object (it laid a fraction of the redrawn background
+    around every object: most of the border step, RESULTS "Seventeenth session")."""
+    from pipelines.layered_edit import geometry
+    before = np.full((16, 16, 3), 100, np.uint8)
+    generated = before.copy()
+    generated[...] = 130  # the whole region redrawn a little differently (about 52 in RGB distance)
+    generated[5:11, 5:11] = 255  # the object
+    alpha = geometry.object_alpha(before, generated, np.ones((16, 16), bool), 1, threshold=80)
+    obj = np.zeros((16, 16), bool)
+    obj[5:11, 5:11] = True
+    assert (alpha[~obj] == 0).all()  # exactly the scene around the object
+    assert (alpha[6:10, 6:10] == 1).all()  # its inside is the object's
+    assert 0 < alpha[5, 7] < 1 and 0 < alpha[5, 5] < alpha[5, 7]  # its outline (and more so a corner) is soft
+    out = geometry.composite(before, generated, alpha)
+    np.testing.assert_array_equal(out[~obj], before[~obj])
+    np.testing.assert_array_equal(geometry.inner_feather(obj, 0), obj.astype(np.float32))
 
 
 def test_carry_weight_ramps_from_the_change_to_exactly_one():

@@ -63,7 +63,7 @@ def overlay_alpha(rough_mask: np.ndarray, dilate_px: int) -> np.ndarray:
     return torch.maximum(soft, m)[0, 0].numpy()
 
 
-def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 48.0) -> np.ndarray:
+def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 80.0) -> np.ndarray:
     """(H, W) bool: pixels a layer visibly changed (RGB distance above threshold), holes filled and
     specks under 4 pixels dropped. This is the layer's object as far as later layers are concerned."""
     changed = np.linalg.norm(after.astype(np.float32) - before.astype(np.float32), axis=-1) > threshold
@@ -75,12 +75,26 @@ def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 48.0
     return changed
 
 
+def inner_feather(mask: np.ndarray, feather_px: int) -> np.ndarray:
+    """(H, W) alpha in [0, 1]: 1 inside mask, ramping down over its outermost feather_px pixels, exactly 0
+    outside it (the ramp lies inside the mask, unlike `overlay_alpha`'s); feather_px 0: the mask itself."""
+    m = mask.astype(np.float32)
+    if feather_px <= 0:
+        return m
+    soft = F.avg_pool2d(torch.from_numpy(m)[None, None], 2 * feather_px + 1, stride=1, padding=feather_px,
+                        count_include_pad=False)[0, 0].numpy()
+    return np.minimum(m, soft)
+
+
 def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1,
-                 threshold: float = 48.0) -> np.ndarray:
+                 threshold: float = 80.0) -> np.ndarray:
     """(H, W) alpha in [0, 1] of a new layer's object: the pixels of region the generation changed by
-    more than threshold (`object_pixels`: holes filled, specks dropped), feathered by feather_px. What
-    the generation redrew of the background inside the region gets 0: the old background shows there."""
-    return overlay_alpha(object_pixels(before, generated, threshold) & region, feather_px)
+    more than threshold (`object_pixels`: holes filled, specks dropped), their outermost feather_px
+    pixels feathered inward (`inner_feather`). What the generation redrew of the background inside the
+    region gets 0, also next to the object: the old background shows there. (A ramp outside the object
+    laid a fraction of the redrawn background around it: most of the colour step across the rough
+    mask's border, benchmarks/RESULTS.md, "Seventeenth session".)"""
+    return inner_feather(object_pixels(before, generated, threshold) & region, feather_px)
 
 
 def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.ndarray:

@@ -190,9 +190,12 @@ class LayeredSession:
         new = out.images[0]
         alpha = overlay_alpha(edit, s.dilate_px)
         trajectory = out.trajectory
-        if s.overlay == "object":  # only the new object (feathered) over the scene: no halo of new background
-            alpha = np.minimum(alpha, object_alpha(below[-1].image, new, alpha > 0, threshold=s.overlay_threshold))
-            trajectory = blend_latents(below[-1].trajectory, trajectory, self.pipe.latent_mask(alpha > 0))
+        if s.overlay == "object":  # only the new object (feathered inward) over the scene: no halo of new background
+            obj = object_alpha(below[-1].image, new, alpha > 0, threshold=s.overlay_threshold)
+            # the layer's latents: its object and a 2-px margin (the latent cells of its outline)
+            near = (overlay_alpha(obj > 0, 1) > 0) & (alpha > 0)
+            alpha = np.minimum(alpha, obj)
+            trajectory = blend_latents(below[-1].trajectory, trajectory, self.pipe.latent_mask(near))
         alpha[protected] = 0  # earlier objects keep their exact pixels
         image = composite(below[-1].image, new, alpha)
         return Layer(prompt, seed, mask, "object", trajectory, image, edit,
