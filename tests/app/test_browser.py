@@ -27,6 +27,14 @@ def _composite(page) -> tuple[str, np.ndarray]:
     return src, np.asarray(Image.open(io.BytesIO(requests.get(src, timeout=10).content)).convert("RGB"))
 
 
+def _stroke_committed(page, timeout=30.0) -> None:
+    """Wait until the editor has taken the stroke into its history (its Undo button is enabled), then a
+    moment: the editor commits a stroke asynchronously, and an Add clicked before that sends an empty
+    mask ("mask: nothing drawn"; seen on a loaded machine, never at a human's pace)."""
+    page.wait_for_selector("#mask-editor button[aria-label='Undo']:not([disabled])", timeout=timeout * 1000)
+    time.sleep(0.3)
+
+
 def _wait_for_new_composite(page, old_src, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -41,6 +49,10 @@ def _wait_for_new_composite(page, old_src, timeout=60.0):
 def test_paint_add_remove_undo_in_a_real_browser(page, tmp_path):
     page.click("#start-prompt")
     src0, before = _wait_for_new_composite(page, None)
+    deadline = time.monotonic() + 30  # the editor gets the new scene with the message: a stroke painted
+    while "Scene started" not in page.inner_text("#message") and time.monotonic() < deadline:  # before that
+        time.sleep(0.2)  # is wiped when the scene arrives ("mask: nothing drawn", seen on the first test)
+    time.sleep(1.0)
     page.click("#mask-editor button[aria-label='Brush']")
     box = page.locator("#mask-editor canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -49,6 +61,7 @@ def test_paint_add_remove_undo_in_a_real_browser(page, tmp_path):
     for k in range(10):
         page.mouse.move(cx - 90 + 6 * k, cy - 90 + 4 * k, steps=2)
     page.mouse.up()
+    _stroke_committed(page)
     page.click("#add-layer")
     src1, after = _wait_for_new_composite(page, src0)
     changed = (after != before).any(-1)

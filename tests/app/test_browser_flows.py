@@ -20,7 +20,7 @@ import requests
 from PIL import Image
 
 from app.layered import DISPLAY
-from tests.app.test_browser import _composite, _wait_for_new_composite
+from tests.app.test_browser import _composite, _stroke_committed, _wait_for_new_composite
 
 
 def _message(page) -> str:
@@ -47,6 +47,7 @@ def _paint(page, dx: float, dy: float) -> None:
     for k in range(8):
         page.mouse.move(cx + dx + 5 * k, cy + dy + 3 * k, steps=2)
     page.mouse.up()
+    _stroke_committed(page)
 
 
 def _overlay_on_editor(page) -> list[str]:
