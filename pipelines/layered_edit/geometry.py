@@ -63,9 +63,10 @@ def overlay_alpha(rough_mask: np.ndarray, dilate_px: int) -> np.ndarray:
     return torch.maximum(soft, m)[0, 0].numpy()
 
 
-def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float = 80.0) -> np.ndarray:
-    """(H, W) bool: pixels a layer visibly changed (RGB distance above threshold), holes filled and
-    specks under 4 pixels dropped. This is the layer's object as far as later layers are concerned."""
+def object_pixels(before: np.ndarray, after: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) bool: pixels a layer visibly changed (RGB distance above threshold, which
+    `EditSettings.overlay_threshold` sets), holes filled and specks under 4 pixels dropped. This is
+    the layer's object as far as later layers are concerned."""
     changed = np.linalg.norm(after.astype(np.float32) - before.astype(np.float32), axis=-1) > threshold
     changed = ndimage.binary_fill_holes(changed)
     components, count = ndimage.label(changed)
@@ -86,8 +87,8 @@ def inner_feather(mask: np.ndarray, feather_px: int) -> np.ndarray:
     return np.minimum(m, soft)
 
 
-def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1,
-                 threshold: float = 80.0) -> np.ndarray:
+def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1, *,
+                 threshold: float) -> np.ndarray:
     """(H, W) alpha in [0, 1] of a new layer's object: the pixels of region the generation changed by
     more than threshold (`object_pixels`: holes filled, specks dropped), their outermost feather_px
     pixels feathered inward (`inner_feather`). What the generation redrew of the background inside the

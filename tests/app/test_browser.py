@@ -46,12 +46,31 @@ def _wait_for_new_composite(page, old_src, timeout=60.0):
     raise AssertionError(f"the composite did not change within {timeout} s; message: {page.inner_text('#message')!r}")
 
 
-def test_paint_add_remove_undo_in_a_real_browser(page, tmp_path):
+def _message(page) -> str:
+    return page.inner_text("#message").strip()
+
+
+def _wait_for_message(page, pattern: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = _message(page)
+        if pattern in text:
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"no message with {pattern!r} within {timeout} s; the status line says {_message(page)!r}")
+
+
+def _start(page):
+    """A new scene, once it has reached the editor too (it comes with the message): a stroke painted
+    before that is wiped when the scene arrives ("mask: nothing drawn", seen on the first test)."""
     page.click("#start-prompt")
-    src0, before = _wait_for_new_composite(page, None)
-    deadline = time.monotonic() + 30  # the editor gets the new scene with the message: a stroke painted
-    while "Scene started" not in page.inner_text("#message") and time.monotonic() < deadline:  # before that
-        time.sleep(0.2)  # is wiped when the scene arrives ("mask: nothing drawn", seen on the first test)
+    src, image = _wait_for_new_composite(page, None)
+    _wait_for_message(page, "Scene started")
+    return src, image
+
+
+def test_paint_add_remove_undo_in_a_real_browser(page, tmp_path):
+    src0, before = _start(page)
     time.sleep(1.0)
     page.click("#mask-editor button[aria-label='Brush']")
     box = page.locator("#mask-editor canvas").first.bounding_box()

@@ -20,21 +20,7 @@ import requests
 from PIL import Image
 
 from app.layered import DISPLAY
-from tests.app.test_browser import _composite, _stroke_committed, _wait_for_new_composite
-
-
-def _message(page) -> str:
-    return page.inner_text("#message").strip()
-
-
-def _wait_for_message(page, pattern: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = _message(page)
-        if pattern in text:
-            return text
-        time.sleep(0.2)
-    raise AssertionError(f"no message with {pattern!r} within {timeout} s; the status line says {_message(page)!r}")
+from tests.app.test_browser import _composite, _message, _start, _stroke_committed, _wait_for_message, _wait_for_new_composite
 
 
 def _paint(page, dx: float, dy: float) -> None:
@@ -54,13 +40,6 @@ def _overlay_on_editor(page) -> list[str]:
     """The texts of progress overlays shown over the editor (none once an event is over)."""
     return page.evaluate("""() => [...document.querySelectorAll('#mask-editor .wrap')]
         .filter(e => !e.classList.contains('hide') && e.offsetParent !== null).map(e => e.innerText)""")
-
-
-def _start(page):
-    page.click("#start-prompt")
-    src, image = _wait_for_new_composite(page, None)
-    _wait_for_message(page, "Scene started")
-    return src, image
 
 
 def _bare_errors(page) -> list[str]:
