@@ -87,15 +87,42 @@ def inner_feather(mask: np.ndarray, feather_px: int) -> np.ndarray:
     return np.minimum(m, soft)
 
 
+def background_drift(before: np.ndarray, generated: np.ndarray, region: np.ndarray, ring_px: int = 6) -> np.ndarray:
+    """(3,) float: how the generation shifted the scene's colours where it was not asked to draw, the
+    median of (generated − before) over the pixels 2–ring_px px outside region (zero if fewer than 8
+    such pixels). The harmonize steps run without BCG, so the generated background drifts a little from
+    the scene everywhere: a redrawn background 60 grey levels off, plus 30 of drift, is not an object."""
+    distance = ndimage.distance_transform_edt(~region)
+    ring = (distance > 1) & (distance <= ring_px)
+    if ring.sum() < 8:
+        return np.zeros(3, np.float32)
+    return np.median(generated[ring].astype(np.float32) - before[ring].astype(np.float32), axis=0)
+
+
 def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1, *,
                  threshold: float) -> np.ndarray:
-    """(H, W) alpha in [0, 1] of a new layer's object: the pixels of region the generation changed by
-    more than threshold (`object_pixels`: holes filled, specks dropped), their outermost feather_px
-    pixels feathered inward (`inner_feather`). What the generation redrew of the background inside the
-    region gets 0, also next to the object: the old background shows there. (A ramp outside the object
-    laid a fraction of the redrawn background around it: most of the colour step across the rough
-    mask's border, benchmarks/RESULTS.md, "Seventeenth session".)"""
-    return inner_feather(object_pixels(before, generated, threshold) & region, feather_px)
+    """(H, W) alpha in [0, 1] of a new layer's object inside region (where the generation may draw):
+    - the pixels the generation changed by more than threshold once its drift is discounted
+      (`object_pixels` against before + `background_drift`: holes filled, specks dropped);
+    - less slivers under 3 px wide (an opening, unless nothing else is left) and every part but the
+      largest that touches region's edge: what a generation redraws at the edge of where it may draw,
+      apart from its object, is the background (a patch of another colour, a streak along the mask);
+    - their outermost feather_px pixels feathered inward (`inner_feather`), so what the generation redrew
+      of the background gets 0, also next to the object, and the old background shows there. (A ramp
+      outside the object laid a fraction of the redrawn background around it: benchmarks/RESULTS.md,
+      "Seventeenth session"; the drift, slivers and edge patches: "Eighteenth session".)"""
+    shifted = before.astype(np.float32) + background_drift(before, generated, region)
+    obj = object_pixels(shifted, generated, threshold) & region
+    opened = ndimage.binary_opening(obj, np.ones((3, 3), bool))
+    if opened.any():  # a drawing that is all slivers keeps them: it is all the layer has
+        obj = ndimage.binary_fill_holes(opened)
+    components, count = ndimage.label(obj)
+    if count > 1:
+        edge = region & ~ndimage.binary_erosion(region, border_value=1)  # the frame is no edge
+        sizes = ndimage.sum(obj, components, index=np.arange(1, count + 1))
+        stray = set(np.unique(components[edge]).tolist()) - {0, 1 + int(np.argmax(sizes))}
+        obj &= ~np.isin(components, list(stray))
+    return inner_feather(obj, feather_px)
 
 
 def protected_pixels(below: list, rough_mask: np.ndarray, protect: float) -> np.ndarray:
