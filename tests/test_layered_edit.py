@@ -146,13 +146,14 @@ def test_overlay_threshold_decides_what_counts_as_the_new_object(sd1_components,
     generated = before.copy()
     generated[6:10, 6:10] = 255  # the object: a change of 155 per channel
     generated[1:4, 2:14] = 135  # a ripple of redrawn background: 35 per channel, about 60 in RGB distance
+    # (3 px wide: the overlay drops thinner slivers whatever the threshold)
     region = np.ones((16, 16), bool)
     low, high = (geometry.object_alpha(before, generated, region, 0, threshold=t) for t in (48, 80))
     assert low[1:4, 2:14].all() and low[6:10, 6:10].all()
     assert not high[1:4].any() and high[6:10, 6:10].all()
     seen = []
     real = session_module.object_alpha
-    monkeypatch.setattr(session_module, "object_alpha", lambda *a, threshold: seen.append(threshold) or real(*a, threshold=threshold))
+    monkeypatch.setattr(session_module, "object_alpha", lambda *a, threshold, **k: seen.append(threshold) or real(*a, threshold=threshold, **k))
     s = LayeredSession(LayeredEditPipeline(**sd1_components), replace(SETTINGS, overlay_threshold=90.0))
     s.pipe.set_progress_bar_config(disable=True)
     s.start_from_prompt("grass", seed=0)
@@ -190,7 +191,8 @@ def test_the_object_overlay_discounts_drift_and_drops_slivers_and_patches_at_the
     1-px streak, (c) a patch of another colour at the edge of where it could draw. Guards against, in
     turn: no drift discount (the whole region is laid over the scene, a square halo), no opening, and
     keeping every part (the patch: most of the border step left on development seed 8, RESULTS
-    "Eighteenth session"). The object itself touching the region's edge is kept."""
+    "Eighteenth session"); a mean instead of a median drift (an earlier object in the ring); no cap on
+    the drift. The object itself touching the region's edge is kept (it is the largest part)."""
     from pipelines.layered_edit import geometry
     before = np.full((32, 32, 3), 100, np.uint8)
     before[::2] = 104  # the scene's own texture
@@ -202,15 +204,45 @@ def test_the_object_overlay_discounts_drift_and_drops_slivers_and_patches_at_the
     region[4:28, 4:28] = True
     obj = np.zeros((32, 32), bool)
     obj[12:20, 12:20] = True
+    generated[0:3, 0:8] = (0, 0, 255)  # an earlier object in the ring outside the region (an outlier)
     alpha = geometry.object_alpha(before, generated, region, 0, threshold=80)
     np.testing.assert_array_equal(alpha > 0, obj)
     assert geometry.object_pixels(before, generated, 80)[region].all()  # without the discount: everything
-    np.testing.assert_allclose(geometry.background_drift(before, generated, region), 50)
+    np.testing.assert_allclose(geometry.background_drift(before, generated, region, 6, 100.0), 50)  # the median
+    np.testing.assert_allclose(np.linalg.norm(geometry.background_drift(before, generated, region, 6, 40.0)), 40)
     generated[4:12, 12:20] = 255  # the object grows to the region's edge: it is still the object
     obj[4:12, 12:20] = True
     np.testing.assert_array_equal(geometry.object_alpha(before, generated, region, 0, threshold=80) > 0, obj)
     full = np.ones((32, 32), bool)  # no pixel outside the region: no drift to measure, none assumed
-    np.testing.assert_array_equal(geometry.background_drift(before, generated, full), 0)
+    np.testing.assert_array_equal(geometry.background_drift(before, generated, full, 6, 40.0), 0)
+
+
+def test_the_object_overlay_keeps_a_part_at_the_frame_and_a_drawing_of_slivers_and_leaves_out_kept_objects():
+    """The edge that marks a stray part is the edge of where the generation may draw, not the picture's
+    frame; a drawing that is nothing but thin lines is kept (it is all the layer has); a protected earlier
+    object inside the region (repainted by the generation) is never part of the new object and does not
+    count as its largest part. Guards against: the frame taken as an edge (an object drawn in a corner
+    lost), an empty layer for a thin drawing, a repaint of a kept object winning "largest" (the new
+    object dropped)."""
+    from pipelines.layered_edit import geometry
+    before = np.full((32, 32, 3), 100, np.uint8)
+    region = np.zeros((32, 32), bool)
+    region[0:20, 0:20] = True  # reaches the frame at the top and the left
+    generated = before.copy()
+    generated[0:6, 0:6] = 255  # a part in the corner, at the frame only
+    generated[10:14, 10:20] = 255  # the largest part, at the region's edge
+    alpha = geometry.object_alpha(before, generated, region, 0, threshold=80)
+    assert (alpha[0:6, 0:6] > 0).all() and (alpha[10:14, 10:19] > 0).all()
+    lines = before.copy()
+    lines[5, 2:12] = lines[2:12, 15] = 255  # only 1-px lines
+    assert (geometry.object_alpha(before, lines, region, 0, threshold=80) > 0).sum() == 20
+    kept = np.zeros((32, 32), bool)
+    kept[0:12, 0:12] = True  # an earlier object, protected, that the generation repainted
+    generated = before.copy()
+    generated[0:12, 0:12] = 20
+    generated[14:20, 8:14] = 255  # the new object, smaller, at the region's edge
+    alpha = geometry.object_alpha(before, generated, region, 0, threshold=80, keep_out=kept)
+    assert (alpha[kept] == 0).all() and (alpha[14:19, 8:14] > 0).all()
 
 
 def test_carry_weight_ramps_from_the_change_to_exactly_one():
@@ -229,12 +261,15 @@ def test_a_mask_that_clips_an_earlier_object_leaves_it_intact(session):
     first = session.layers[1]
     assert first.object_mask.any(), "the layer's object: the pixels it changed"
     assert not (first.object_mask & (overlay_alpha(first_box, SETTINGS.dilate_px) == 0)).any()
-    # loose: takes a corner of the first object (the smallest corner box that takes any of it and at
-    # most half; the random model's object has no set shape)
+    # loose: takes a corner of the first object, the corner box that takes most of it but at most half
+    # (the random model's object has no set shape)
     ys, xs = np.nonzero(first.object_mask)
-    corners = [(y, x) for y in range(ys.max(), ys.min() - 1, -1) for x in range(xs.max(), xs.min() - 1, -1)]
-    clip = next(c for c in (_box(y, 28, x, 28) for y, x in sorted(corners, key=sum, reverse=True))
-                if 0 < (first.object_mask & c).sum() <= SETTINGS.protect * first.object_mask.sum())
+    taken = {(y, x): (first.object_mask & _box(y, 28, x, 28)).sum() for y in range(ys.min(), ys.max() + 1)
+             for x in range(xs.min(), xs.max() + 1)}
+    fits = {corner: n for corner, n in taken.items() if 0 < n <= SETTINGS.protect * first.object_mask.sum()}
+    assert fits, "no corner box takes part of the first object but at most half of it"
+    y, x = max(fits, key=fits.get)
+    clip = _box(y, 28, x, 28)
     out = session.add_layer("a blue square", clip, seed=2)
     np.testing.assert_array_equal(out[first.object_mask], first.image[first.object_mask])
     second = session.layers[2]

@@ -87,35 +87,44 @@ def inner_feather(mask: np.ndarray, feather_px: int) -> np.ndarray:
     return np.minimum(m, soft)
 
 
-def background_drift(before: np.ndarray, generated: np.ndarray, region: np.ndarray, ring_px: int = 6) -> np.ndarray:
-    """(3,) float: how the generation shifted the scene's colours where it was not asked to draw, the
-    median of (generated − before) over the pixels 2–ring_px px outside region (zero if fewer than 8
-    such pixels). The harmonize steps run without BCG, so the generated background drifts a little from
-    the scene everywhere: a redrawn background 60 grey levels off, plus 30 of drift, is not an object."""
+def background_drift(before: np.ndarray, generated: np.ndarray, region: np.ndarray, ring_px: int, cap: float) -> np.ndarray:
+    """(3,) float: how the generation shifted the scene's colours just outside region (where its pixels
+    are never shown): the median of (generated − before) over the pixels more than 1 and at most ring_px
+    px (Euclidean) outside region, its length capped at cap; zero if fewer than 8 such pixels. The
+    harmonize steps run without BCG, so the generated background drifts a little from the scene: a
+    uniform drift of 30 grey levels per channel (52 in RGB distance) on a redrawn background 25 off
+    (43) would otherwise pass a threshold of 80. A drift longer than cap is not a drift (without BCG
+    the generation outside is another picture): only cap of it is discounted."""
     distance = ndimage.distance_transform_edt(~region)
     ring = (distance > 1) & (distance <= ring_px)
     if ring.sum() < 8:
         return np.zeros(3, np.float32)
-    return np.median(generated[ring].astype(np.float32) - before[ring].astype(np.float32), axis=0)
+    drift = np.median(generated[ring].astype(np.float32) - before[ring].astype(np.float32), axis=0)
+    length = float(np.linalg.norm(drift))
+    return drift * (cap / length) if length > cap else drift
 
 
 def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, feather_px: int = 1, *,
-                 threshold: float) -> np.ndarray:
-    """(H, W) alpha in [0, 1] of a new layer's object inside region (where the generation may draw):
+                 threshold: float, scale_px: int = 2, keep_out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) alpha in [0, 1] of a new layer's object inside region (where the generation may draw),
+    scale_px the settings' dilate_px (2 on the embedded 64-px model, 4 at SD's 512 px):
     - the pixels the generation changed by more than threshold once its drift is discounted
-      (`object_pixels` against before + `background_drift`: holes filled, specks dropped);
-    - less slivers under 3 px wide (an opening, unless nothing else is left) and every part but the
-      largest that touches region's edge: what a generation redraws at the edge of where it may draw,
-      apart from its object, is the background (a patch of another colour, a streak along the mask);
+      (`object_pixels` against before + `background_drift` over a ring 3·scale_px wide, capped at half
+      the threshold: holes filled, specks dropped), less keep_out (protected earlier objects);
+    - less slivers narrower than scale_px + 1 px (an opening, unless nothing else is left) and every
+      part that touches region's edge but the largest part of all: what a generation redraws at the
+      edge of where it may draw, apart from its object, is the background (a patch of another colour,
+      a streak along the mask);
     - their outermost feather_px pixels feathered inward (`inner_feather`), so what the generation redrew
       of the background gets 0, also next to the object, and the old background shows there. (A ramp
       outside the object laid a fraction of the redrawn background around it: benchmarks/RESULTS.md,
       "Seventeenth session"; the drift, slivers and edge patches: "Eighteenth session".)"""
-    shifted = before.astype(np.float32) + background_drift(before, generated, region)
-    obj = object_pixels(shifted, generated, threshold) & region
-    opened = ndimage.binary_opening(obj, np.ones((3, 3), bool))
+    inside = region if keep_out is None else region & ~keep_out
+    drift = background_drift(before, generated, region, 3 * scale_px, threshold / 2)
+    obj = object_pixels(before.astype(np.float32) + drift, generated, threshold) & inside
+    opened = ndimage.binary_opening(obj, np.ones((scale_px + 1, scale_px + 1), bool))
     if opened.any():  # a drawing that is all slivers keeps them: it is all the layer has
-        obj = ndimage.binary_fill_holes(opened)
+        obj = ndimage.binary_fill_holes(opened) & inside
     components, count = ndimage.label(obj)
     if count > 1:
         edge = region & ~ndimage.binary_erosion(region, border_value=1)  # the frame is no edge

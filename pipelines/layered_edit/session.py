@@ -191,7 +191,8 @@ class LayeredSession:
         alpha = overlay_alpha(edit, s.dilate_px)
         trajectory = out.trajectory
         if s.overlay == "object":  # only the new object (feathered inward) over the scene: no halo of new background
-            obj = object_alpha(below[-1].image, new, alpha > 0, threshold=s.overlay_threshold)
+            obj = object_alpha(below[-1].image, new, alpha > 0, threshold=s.overlay_threshold, scale_px=s.dilate_px,
+                               keep_out=protected)
             # the layer's latents: its object and a 2-px margin (the latent cells of its outline)
             near = (overlay_alpha(obj > 0, 1) > 0) & (alpha > 0)
             alpha = np.minimum(alpha, obj)
