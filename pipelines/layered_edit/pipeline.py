@@ -193,11 +193,15 @@ class LayeredEditPipeline(DiffusionPipeline):
 
     # -- latents, masks, images
 
-    def latent_mask(self, mask: np.ndarray) -> torch.Tensor:
-        """(1, 1, h, w) in {0, 1} from an (H, W) mask: a latent pixel belongs to it if the mask touches it."""
+    def latent_mask(self, mask: np.ndarray, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(1, 1, h, w) in {0, 1} from an (H, W) mask: a latent pixel belongs to it if the mask touches it;
+        on device in dtype (default: the execution device, the denoiser's dtype; looking those up takes a
+        few ms each, so a caller that has them passes them)."""
         m = torch.from_numpy(mask.astype(np.float32))[None, None]
         size = (mask.shape[0] // self.vae_scale_factor, mask.shape[1] // self.vae_scale_factor)
-        return F.adaptive_max_pool2d(m, size).to(self._execution_device, self.denoiser.dtype)
+        return F.adaptive_max_pool2d(m, size).to(self._execution_device if device is None else device,
+                                                 self.denoiser.dtype if dtype is None else dtype)
 
     def prepare_latents(self, shape: tuple, generator, device, background, latent_mask, start_trajectory,
                         n_blended: int, n_skipped: int = 0) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
@@ -303,14 +307,15 @@ class LayeredEditPipeline(DiffusionPipeline):
 
         # 4. latents and masks
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        latent_mask = None if mask is None else self.latent_mask(mask)
+        dtype = self.denoiser.dtype
+        latent_mask = None if mask is None else self.latent_mask(mask, device, dtype)
         n_skipped = num_inference_steps - int(round(num_inference_steps * strength))
         first, latents, trajectory = self.prepare_latents((1, self.denoiser.config.in_channels, *latent_size),
                                                           generator, device, background, latent_mask,
                                                           start_trajectory, n_blended, n_skipped)
         regions = None
         if len(prompts) > 1:  # MQD: every latent pixel belongs to one region, later layers in front
-            masks = [self.latent_mask(m)[0, 0].cpu() for m in [*scene_masks, mask]]
+            masks = [self.latent_mask(m, "cpu", dtype)[0, 0] for m in [*scene_masks, mask]]
             regions = RegionState(region_labels(masks, *latent_size), len(prompts),
                                   segment_length=cond.hidden.shape[1] // len(prompts),
                                   shared_rows=1)  # row 0 is the negative prompt, repeated in every segment

@@ -167,6 +167,9 @@ class LayeredSession:
         return dict(height=s.height, width=s.width, num_inference_steps=s.steps, guidance_scale=s.guidance,
                     negative_prompt=s.negative_prompt, harmonize=s.harmonize, bcg=s.bcg)
 
+    def _latent_mask(self, mask: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        return self.pipe.latent_mask(mask, like.device, like.dtype)
+
     def _render_object(self, below: list[Layer], prompt: str, mask: np.ndarray, seed: int, callback=None,
                        memory: Layer | None = None) -> Layer:
         """Render one object layer on top of `below`. memory: this layer's previous version, to bring it
@@ -182,7 +185,7 @@ class LayeredSession:
             scene = dict(scene_prompts=[layer.prompt for layer in below], scene_masks=[l.edit_mask for l in below[1:]])
         start = None
         if memory is not None:
-            start = blend_latents(below[-1].trajectory, memory.trajectory, self.pipe.latent_mask(memory.object_mask))
+            start = blend_latents(below[-1].trajectory, memory.trajectory, self._latent_mask(memory.object_mask, memory.trajectory))
         out = self.pipe(prompt, mask=edit, background=below[-1].trajectory, **scene, start_trajectory=start,
                         tighten=s.tighten, strength=s.strength if memory is None else 1.0, generator=_generator(seed),
                         callback_on_step_end=_progress(callback, s),
@@ -196,7 +199,7 @@ class LayeredSession:
             # the layer's latents: its object and a 2-px margin (the latent cells of its outline)
             near = (overlay_alpha(obj > 0, 1) > 0) & (alpha > 0)
             alpha = np.minimum(alpha, obj)
-            trajectory = blend_latents(below[-1].trajectory, trajectory, self.pipe.latent_mask(near))
+            trajectory = blend_latents(below[-1].trajectory, trajectory, self._latent_mask(near, trajectory))
         alpha[protected] = 0  # earlier objects keep their exact pixels
         image = composite(below[-1].image, new, alpha)
         return Layer(prompt, seed, mask, "object", trajectory, image, edit,
@@ -225,7 +228,7 @@ class LayeredSession:
                 layers.append(new)
                 continue
             image = np.where(region[..., None], layer.image, layers[-1].image)
-            trajectory = blend_latents(layers[-1].trajectory, layer.trajectory, self.pipe.latent_mask(layer.edit_mask))
+            trajectory = blend_latents(layers[-1].trajectory, layer.trajectory, self._latent_mask(layer.edit_mask, layer.trajectory))
             layers.append(replace(layer, image=image, trajectory=trajectory,
                                   object_mask=object_pixels(layers[-1].image, image, s.overlay_threshold)))
         return layers
