@@ -92,9 +92,9 @@ def background_drift(before: np.ndarray, generated: np.ndarray, region: np.ndarr
     are never shown): the median of (generated − before) over the pixels more than 1 and at most ring_px
     px (Euclidean) outside region, its length capped at cap; zero if fewer than 8 such pixels. The
     harmonize steps run without BCG, so the generated background drifts a little from the scene: a
-    uniform drift of 30 grey levels per channel (52 in RGB distance) on a redrawn background 25 off
-    (43) would otherwise pass a threshold of 80. A drift longer than cap is not a drift (without BCG
-    the generation outside is another picture): only cap of it is discounted."""
+    uniform drift of 30 grey levels per channel (52 in RGB distance) plus a redrawn background 25 more
+    in the same direction (43) would otherwise pass a threshold of 80. A drift longer than cap is not a
+    drift (without BCG the generation outside is another picture): only cap of it is discounted."""
     distance = ndimage.distance_transform_edt(~region)
     ring = (distance > 1) & (distance <= ring_px)
     if ring.sum() < 8:

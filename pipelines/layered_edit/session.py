@@ -185,7 +185,8 @@ class LayeredSession:
             scene = dict(scene_prompts=[layer.prompt for layer in below], scene_masks=[l.edit_mask for l in below[1:]])
         start = None
         if memory is not None:
-            start = blend_latents(below[-1].trajectory, memory.trajectory, self._latent_mask(memory.object_mask, memory.trajectory))
+            start = blend_latents(below[-1].trajectory, memory.trajectory,
+                                  self._latent_mask(memory.object_mask, memory.trajectory))
         out = self.pipe(prompt, mask=edit, background=below[-1].trajectory, **scene, start_trajectory=start,
                         tighten=s.tighten, strength=s.strength if memory is None else 1.0, generator=_generator(seed),
                         callback_on_step_end=_progress(callback, s),
@@ -228,7 +229,8 @@ class LayeredSession:
                 layers.append(new)
                 continue
             image = np.where(region[..., None], layer.image, layers[-1].image)
-            trajectory = blend_latents(layers[-1].trajectory, layer.trajectory, self._latent_mask(layer.edit_mask, layer.trajectory))
+            trajectory = blend_latents(layers[-1].trajectory, layer.trajectory,
+                                       self._latent_mask(layer.edit_mask, layer.trajectory))
             layers.append(replace(layer, image=image, trajectory=trajectory,
                                   object_mask=object_pixels(layers[-1].image, image, s.overlay_threshold)))
         return layers
