@@ -118,7 +118,7 @@ def test_replay_modes_of_a_later_layer_that_sees_a_removal(sd1_components, mode,
         assert (kept | scene).all()
         # most of the old object keeps its memory (the tiny random model redraws its outline a little
         # differently); guards: memory not used (then next to none is kept)
-        assert kept[own[0] > 0].float().mean() >= 0.75  # three quarters or more
+        assert kept[own[0] > 0].float().mean() > 0.75
         assert not torch.equal(new.trajectory[first + 1:], spliced[first + 1:])  # the last steps re-ran
         # ... and their result is used only near what changed below (the circle): farther than
         # 2·dilate_px the square's pixels are exactly as they were, nearer they are the re-run's
@@ -217,14 +217,13 @@ def test_the_object_overlay_discounts_drift_and_drops_slivers_and_patches_at_the
     np.testing.assert_array_equal(geometry.background_drift(before, generated, full, 6, 40.0), 0)
 
 
-def test_the_object_overlay_keeps_a_part_at_the_frame_a_triangles_tip_and_a_drawing_of_slivers_and_leaves_out_kept_objects():
+def test_the_object_overlay_keeps_a_part_at_the_frame_and_a_drawing_of_slivers_and_leaves_out_kept_objects():
     """The edge that marks a stray part is the edge of where the generation may draw, not the picture's
     frame; a drawing that is nothing but thin lines is kept (it is all the layer has); a protected earlier
     object inside the region (repainted by the generation) is never part of the new object and does not
-    count as its largest part; a triangle keeps its tip. Guards against: the frame taken as an edge (an
-    object drawn in a corner lost), an empty layer for a thin drawing, a repaint of a kept object
-    winning "largest" (the new object dropped), an opening of the whole mask (triangles lost their
-    tips and, on the development seeds, the oracle's reading as triangles)."""
+    count as its largest part. Guards against: the frame taken as an edge (an object drawn in a corner
+    lost), an empty layer for a thin drawing, a repaint of a kept object winning "largest" (the new
+    object dropped)."""
     from pipelines.layered_edit import geometry
     before = np.full((32, 32, 3), 100, np.uint8)
     region = np.zeros((32, 32), bool)
@@ -234,12 +233,6 @@ def test_the_object_overlay_keeps_a_part_at_the_frame_a_triangles_tip_and_a_draw
     generated[10:14, 10:20] = 255  # the largest part, at the region's edge
     alpha = geometry.object_alpha(before, generated, region, 0, threshold=80)
     assert (alpha[0:6, 0:6] > 0).all() and (alpha[10:14, 10:19] > 0).all()
-    triangle = before.copy()
-    for row in range(8, 20):  # its tip is 1 px wide: a part with a core keeps it (an opening cut it off)
-        triangle[row, 16 - (row - 8):17 + (row - 8)] = 255
-    shape = (triangle != before).any(-1)
-    np.testing.assert_array_equal(geometry.object_alpha(before, triangle, np.ones((32, 32), bool), 0,
-                                                        threshold=80) > 0, shape)
     lines = before.copy()
     lines[5, 2:12] = lines[2:12, 15] = 255  # only 1-px lines
     assert (geometry.object_alpha(before, lines, region, 0, threshold=80) > 0).sum() == 20

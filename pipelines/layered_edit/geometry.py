@@ -111,11 +111,10 @@ def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, 
     - the pixels the generation changed by more than threshold once its drift is discounted
       (`object_pixels` against before + `background_drift` over a ring 3·scale_px wide, capped at half
       the threshold: holes filled, specks dropped), less keep_out (protected earlier objects);
-    - less the parts that are all slivers (no core scale_px + 1 px wide survives an opening; unless no
-      part has one) and every part that touches region's edge but the largest part of all: what a
-      generation redraws at the edge of where it may draw, apart from its object, is the background (a
-      patch of another colour, a streak along the mask). A part with a core keeps its thin pixels too:
-      an opening of the whole mask cut the tips off triangles (success −0.02, "Eighteenth session");
+    - less slivers narrower than scale_px + 1 px (an opening, unless nothing else is left) and every
+      part that touches region's edge but the largest part of all: what a generation redraws at the
+      edge of where it may draw, apart from its object, is the background (a patch of another colour,
+      a streak along the mask);
     - their outermost feather_px pixels feathered inward (`inner_feather`), so what the generation redrew
       of the background gets 0, also next to the object, and the old background shows there. (A ramp
       outside the object laid a fraction of the redrawn background around it: benchmarks/RESULTS.md,
@@ -123,11 +122,10 @@ def object_alpha(before: np.ndarray, generated: np.ndarray, region: np.ndarray, 
     inside = region if keep_out is None else region & ~keep_out
     drift = background_drift(before, generated, region, 3 * scale_px, threshold / 2)
     obj = object_pixels(before.astype(np.float32) + drift, generated, threshold) & inside
+    opened = ndimage.binary_opening(obj, np.ones((scale_px + 1, scale_px + 1), bool))
+    if opened.any():  # a drawing that is all slivers keeps them: it is all the layer has
+        obj = ndimage.binary_fill_holes(opened) & inside
     components, count = ndimage.label(obj)
-    cores = ndimage.binary_opening(obj, np.ones((scale_px + 1, scale_px + 1), bool))
-    if cores.any():  # a drawing that is all slivers keeps them: it is all the layer has
-        obj = np.isin(components, list(set(np.unique(components[cores]).tolist()) - {0}))
-        components, count = ndimage.label(obj)
     if count > 1:
         edge = region & ~ndimage.binary_erosion(region, border_value=1)  # the frame is no edge
         sizes = ndimage.sum(obj, components, index=np.arange(1, count + 1))
