@@ -21,8 +21,8 @@ model's own units.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -48,24 +48,39 @@ def head_key(layer: str) -> str:
 @dataclass(frozen=True)
 class FieldConfig:
     embed_dim: int = 32
-    num_levels: int = 8  # the torch hash grid costs ~1 µs per point and level on a CPU core
+    num_levels: int = 4  # the torch hash grid costs ~1 µs per point and level on a CPU core
     min_res: int = 16
-    max_res: int = 128  # views of 64 px, token grids of 16 and 8
+    # None: twice the finest token grid's side (`for_grids`; 32 for the embedded model's 16 × 16 tokens,
+    # 128 for SD's 64 × 64). A grid much finer than the tokens learns each view's own detail: on recorded
+    # queries, 8 levels up to 128 rendered held-out views worse than 4 up to 32 (benchmarks/RESULTS.md,
+    # "Nineteenth session")
+    max_res: int | None = None
     log2_hashmap_size: int = 15
     features_per_level: int = 2
     hidden: int = 64
     num_layers: int = 2
-    samples: int = 24  # uniform (linear, then in disparity) samples per ray
-    pdf_samples: int = 16  # importance samples per ray
+    samples: int = 12  # uniform (linear, then in disparity) samples per ray
+    pdf_samples: int = 8  # importance samples per ray
     near: float = 0.05  # in the field's frame (cameras about 1 from the centre)
     far: float = 100.0
 
+    def for_grids(self, grids: Iterable[tuple[int, int]]) -> FieldConfig:
+        """This config with max_res set from the token grids (h, w) the field is fitted on, if it is None."""
+        if self.max_res is not None:
+            return self
+        finest = max((max(grid) for grid in grids), default=0)
+        if finest <= 0:
+            raise ValueError("grids: expected at least one token grid to size the field from")
+        return replace(self, max_res=max(2 * int(finest), self.min_res))
+
 
 class QueryField(nn.Module):
-    def __init__(self, layer_dims: Mapping[str, int], config: FieldConfig = FieldConfig()):
+    def __init__(self, layer_dims: Mapping[str, int], config: FieldConfig):
         super().__init__()
         if not layer_dims:
             raise ValueError("layer_dims: expected at least one recorded layer")
+        if config.max_res is None:
+            raise ValueError("config: max_res is None; size it from the token grids with FieldConfig.for_grids")
         self.config = config
         self.layers = list(layer_dims)
         self.contraction = SceneContraction(order=float("inf"))

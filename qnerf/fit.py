@@ -2,6 +2,10 @@
 
 For each recorded layer the queries form an h × w token map per view; the rays of a layer go through
 its token centres (nerfstudio `Cameras`, rescaled from the image size to the token grid, generate them).
+Layers on the same token grid share their rays: a ray is rendered once and every layer of its grid reads
+the one embedding through its own head (a UNet's up block has several self-attention layers at one
+resolution, so a ray per grid rather than per layer halves the rays a fit renders for the same
+supervision; benchmarks/RESULTS.md, "Nineteenth session").
 The loss is the mean squared distance between projected rendered embeddings and the recorded queries
 (normalised per channel), plus nerfstudio's depth loss (DS-NeRF) where a view's depth is known.
 A field passed in is trained further (warm start from the previous interval); the fit stops at
@@ -48,10 +52,11 @@ class FitResult:
 
 @dataclass
 class _Rays:
-    bundle: RayBundle  # (R,) flattened over every layer, view and token
-    layer: torch.Tensor  # (R,) index into the layer list
-    target: list[torch.Tensor]  # per layer (R_layer, C) normalised queries
-    row: torch.Tensor  # (R,) the ray's row in its layer's target
+    bundle: RayBundle  # (R,) flattened over every token grid, view and token
+    grid: torch.Tensor  # (R,) index into layers_of
+    layers_of: list[list[str]]  # per token grid, the recorded layers on it (they share its rays)
+    target: dict[str, torch.Tensor]  # per layer (R_grid, C) normalised queries
+    row: torch.Tensor  # (R,) the ray's row in its grid's targets
     depth: torch.Tensor  # (R, 1) z-depth in the field's frame, nan where unknown
 
 
@@ -77,38 +82,60 @@ def check_queries(queries: Mapping[str, torch.Tensor], n_views: int) -> dict[str
     return grids
 
 
+def by_grid(grids: Mapping[str, tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+    """The layers on each token grid: one ray serves every layer of its grid (one embedding, a head each)."""
+    out: dict[tuple[int, int], list[str]] = {}
+    for name, grid in grids.items():
+        out.setdefault(tuple(grid), []).append(name)
+    return out
+
+
+def cat_rays(bundles: list[RayBundle]) -> RayBundle:
+    return RayBundle(origins=torch.cat([b.origins for b in bundles]),
+                     directions=torch.cat([b.directions for b in bundles]),
+                     pixel_area=torch.cat([b.pixel_area for b in bundles]),
+                     camera_indices=torch.cat([b.camera_indices for b in bundles]),
+                     metadata={"directions_norm": torch.cat([b.metadata["directions_norm"] for b in bundles])})
+
+
+def grid_rays(field_: QueryField, cameras: list[Camera], grid: tuple[int, int]) -> RayBundle:
+    """The rays through every view's token centres on an h × w grid, view-major then row-major."""
+    ns = field_.nerfstudio_cameras(cameras, grid)
+    return cat_rays([ns.generate_rays(camera_indices=view).flatten() for view in range(len(cameras))])
+
+
 def _rays(field_: QueryField, cameras: list[Camera], queries: Mapping[str, torch.Tensor],
           depths: list[np.ndarray | None] | None) -> _Rays:
-    bundles, layers, rows, targets, ray_depths = [], [], [], [], []
-    for index, (name, q) in enumerate(queries.items()):
-        grid = (q.shape[1], q.shape[2])
-        ns = field_.nerfstudio_cameras(cameras, grid)
+    bundles, grid_index, rows, targets, ray_depths = [], [], [], {}, []
+    groups = by_grid({name: (q.shape[1], q.shape[2]) for name, q in queries.items()})
+    for index, (grid, names) in enumerate(groups.items()):
+        bundles.append(grid_rays(field_, cameras, grid))
         for view in range(len(cameras)):
-            bundles.append(ns.generate_rays(camera_indices=view).flatten())
             z = np.full(grid, np.nan) if depths is None or depths[view] is None else token_depth(depths[view], grid)
             ray_depths.append(torch.as_tensor(np.where(np.isfinite(z), z * float(field_.scale), np.nan),
                                               dtype=torch.float32).reshape(-1, 1))
         n = len(cameras) * grid[0] * grid[1]
-        layers.append(torch.full((n,), index, dtype=torch.long))
+        grid_index.append(torch.full((n,), index, dtype=torch.long))
         rows.append(torch.arange(n))
-        targets.append(field_.normalise(name, q.reshape(n, -1).float()))
-    bundle = RayBundle(origins=torch.cat([b.origins for b in bundles]),
-                       directions=torch.cat([b.directions for b in bundles]),
-                       pixel_area=torch.cat([b.pixel_area for b in bundles]),
-                       camera_indices=torch.cat([b.camera_indices for b in bundles]),
-                       metadata={"directions_norm": torch.cat([b.metadata["directions_norm"] for b in bundles])})
-    return _Rays(bundle, torch.cat(layers), targets, torch.cat(rows), torch.cat(ray_depths))
+        for name in names:
+            targets[name] = field_.normalise(name, queries[name].reshape(n, -1).float())
+    return _Rays(cat_rays(bundles), torch.cat(grid_index), list(groups.values()), targets, torch.cat(rows),
+                 torch.cat(ray_depths))
 
 
 def query_loss(field_: QueryField, rays: _Rays, pick: torch.Tensor, rendered: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the picked rays, each layer through its own head."""
-    total = rendered.new_zeros(())
-    for index, name in enumerate(field_.layers):
-        mine = rays.layer[pick] == index
+    """Mean squared error over the picked rays and the layers of each ray's grid, each layer through its
+    own head."""
+    total, count = rendered.new_zeros(()), 0
+    for index, names in enumerate(rays.layers_of):
+        mine = rays.grid[pick] == index
         if mine.any():
-            predicted = field_.heads[head_key(name)](rendered[mine])
-            total = total + ((predicted - rays.target[index][rays.row[pick][mine]]) ** 2).mean(-1).sum()
-    return total / pick.numel()
+            embedding, row = rendered[mine], rays.row[pick][mine]
+            for name in names:
+                predicted = field_.heads[head_key(name)](embedding)
+                total = total + ((predicted - rays.target[name][row]) ** 2).mean(-1).sum()
+            count += int(mine.sum()) * len(names)
+    return total / max(count, 1)
 
 
 def fit_queries(queries: Mapping[str, torch.Tensor], cameras: list[Camera],
@@ -116,11 +143,12 @@ def fit_queries(queries: Mapping[str, torch.Tensor], cameras: list[Camera],
                 settings: FitSettings = FitSettings(), config: FieldConfig = FieldConfig()) -> FitResult:
     """queries: per recorded layer, (V, h, w, C) — the queries of every view on its token grid, in the
     order of cameras; depths: per view an (H, W) z-depth (inf or nan where unknown) or None.
-    field: a field from an earlier interval to train further (warm start), or None for a new one.
+    field: a field from an earlier interval to train further (warm start), or None for a new one, made
+    from config (its max_res, if None, sized from the queries' token grids: `FieldConfig.for_grids`).
     """
     if len(cameras) < 2:
         raise ValueError(f"cameras: expected at least 2 views, got {len(cameras)}")
-    check_queries(queries, len(cameras))
+    grids = check_queries(queries, len(cameras))
     if depths is not None and len(depths) != len(cameras):
         raise ValueError(f"depths: expected one per view ({len(cameras)}), got {len(depths)}")
     dims = {name: int(q.shape[-1]) for name, q in queries.items()}
@@ -132,14 +160,14 @@ def fit_queries(queries: Mapping[str, torch.Tensor], cameras: list[Camera],
     torch.set_grad_enabled(True)  # pipelines call this from inside their no_grad __call__
     try:
         if field is None:
-            field = QueryField(dims, config)
+            field = QueryField(dims, config.for_grids(grids.values()))
             field.set_frame(cameras)
         for name, q in queries.items():
             field.set_statistics(name, q)
         rays = _rays(field, cameras, queries, depths)
         optimiser = torch.optim.Adam(field.parameters(), lr=settings.lr, eps=1e-15)
         field.train()
-        n_rays = rays.layer.numel()
+        n_rays = rays.grid.numel()
         history: list[float] = []
         start = time.perf_counter()
         bar = tqdm(total=settings.iterations, desc="QNeRF fit", disable=not settings.progress, leave=False)

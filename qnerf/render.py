@@ -10,6 +10,7 @@ import torch
 
 from formats.cameras import Camera
 from qnerf.field import QueryField
+from qnerf.fit import by_grid, grid_rays
 
 
 @dataclass
@@ -30,21 +31,17 @@ def render_queries(field: QueryField, cameras: list[Camera], grids: Mapping[str,
     field.eval()
     queries, depth, accumulation = {}, {}, {}
     try:
-        for name, (h, w) in grids.items():
-            ns = field.nerfstudio_cameras(cameras, (h, w))
-            per_view_q, per_view_d, per_view_a = [], [], []
-            for view in range(len(cameras)):
-                bundle = ns.generate_rays(camera_indices=view).flatten()
-                parts = [field.render_rays(bundle[i:i + chunk]) for i in range(0, len(bundle), chunk)]
-                embedding = torch.cat([p["embedding"] for p in parts])
-                # expected distance along the (unit) ray → z-depth in world units
-                distance = torch.cat([p["depth"] for p in parts])[:, 0] / bundle.metadata["directions_norm"][:, 0]
-                per_view_q.append(field.project(name, embedding).view(h, w, -1))
-                per_view_d.append((distance / field.scale).view(h, w))
-                per_view_a.append(torch.cat([p["accumulation"] for p in parts]).view(h, w))
-            queries[name] = torch.stack(per_view_q)
-            depth[name] = torch.stack(per_view_d)
-            accumulation[name] = torch.stack(per_view_a)
+        for (h, w), names in by_grid(grids).items():  # one render per token grid, a projection per layer
+            bundle = grid_rays(field, cameras, (h, w))
+            parts = [field.render_rays(bundle[i:i + chunk]) for i in range(0, len(bundle), chunk)]
+            embedding = torch.cat([p["embedding"] for p in parts])
+            # expected distance along the (unit) ray → z-depth in world units
+            distance = torch.cat([p["depth"] for p in parts])[:, 0] / bundle.metadata["directions_norm"][:, 0]
+            grid_depth = (distance / field.scale).view(len(cameras), h, w)
+            grid_accumulation = torch.cat([p["accumulation"] for p in parts]).view(len(cameras), h, w)
+            for name in names:
+                queries[name] = field.project(name, embedding).view(len(cameras), h, w, -1)
+                depth[name], accumulation[name] = grid_depth, grid_accumulation
     finally:
         field.train(was_training)
     return RenderedQueries(queries, depth, accumulation)
