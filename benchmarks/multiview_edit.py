@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--interval", type=int, default=5)
-    parser.add_argument("--fit-seconds", type=float, default=10.0)
+    parser.add_argument("--fit-seconds", type=float, default=4.0)
     parser.add_argument("--rgb-iterations", type=int, default=300, help="RGB field budget (0: skip the PSNR column)")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--methods", default=None,

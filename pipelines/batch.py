@@ -16,8 +16,8 @@ arguments (files relative to the jobs file):
   layered_edit: "script", an edit script file (the format of `pipelines.layered_edit.load_script`) or
     the script's object inline;
   multiview_edit: "dataset" (a nerfstudio folder made by Strata) or "scene_seed" (an orbit scene), "edit"
-    (the edit object of `python -m pipelines.multiview_edit`, or a file), optional "method" (guidance,
-    blend, independent, extended), "views", "interval", "fit_seconds"; writes the edited dataset folder;
+    (the edit object of `python -m pipelines.multiview_edit`, or a file), optional "method" (blend,
+    the default, guidance, independent, extended), "views", "interval", "fit_seconds"; writes the edited dataset folder;
   driving_video: "layout" (a layout JSON file) or "scene_seed" (a street clip), optional "frames",
     "prompt", "local" ({class: prompt}), "window"; writes the cameras' mp4s, the mosaic and the frames.
 Every kind takes "steps" (or --steps for all).
@@ -200,7 +200,7 @@ class Runner:
             edit = self.base / edit
         else:
             raise JobError(f"{job.id}.edit: expected an edit object or file, got {edit!r}")
-        method = job.args.get("method", "guidance")
+        method = job.args.get("method", "blend")
         if method not in METHODS:
             raise JobError(f"{job.id}.method: expected one of {sorted(METHODS)}, got {method!r}")
         dataset = job.args.get("dataset")

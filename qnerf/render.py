@@ -41,7 +41,7 @@ def render_queries(field: QueryField, cameras: list[Camera], grids: Mapping[str,
             grid_accumulation = torch.cat([p["accumulation"] for p in parts]).view(len(cameras), h, w)
             for name in names:
                 queries[name] = field.project(name, embedding).view(len(cameras), h, w, -1)
-                depth[name], accumulation[name] = grid_depth, grid_accumulation
+                depth[name], accumulation[name] = grid_depth.clone(), grid_accumulation.clone()  # one tensor each
     finally:
         field.train(was_training)
     return RenderedQueries(queries, depth, accumulation)

@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controls", help="control maps after the edit, for a dataset without a Strata scene")
     parser.add_argument("--prompt", help="the scene after the edit (default: the edit's prompt or the scene's caption)")
     parser.add_argument("--source-prompt", help="the scene before the edit (default: --prompt)")
-    parser.add_argument("--method", choices=sorted(METHODS), default="guidance")
+    parser.add_argument("--method", choices=sorted(METHODS), default="blend")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--interval", type=int, default=5, help="steps between QNeRF fits (τ)")
-    parser.add_argument("--fit-seconds", type=float, default=10.0, help="time budget of one QNeRF fit")
+    parser.add_argument("--fit-seconds", type=float, default=4.0, help="time budget of one QNeRF fit")
     parser.add_argument("--overlap-sync", type=float, default=0.0, metavar="FRACTION",
                         help="average the views' clean-latent estimates where the scene's depths link them, the "
                              "first FRACTION of the steps (0: off; needs a Strata scene, which has depths)")

@@ -131,7 +131,7 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
     @torch.no_grad()
     def __call__(self, images: np.ndarray, cameras: list[Camera], control_image: np.ndarray,
                  source_control_image: np.ndarray | None = None, prompt: str = "", source_prompt: str | None = None,
-                 depths: list[np.ndarray | None] | None = None, injection: str | None = "guidance",
+                 depths: list[np.ndarray | None] | None = None, injection: str | None = "blend",
                  extended_attention: bool = False, source_kv: bool = True, kv_start: float = 0.0,
                  num_inference_steps: int = 20, guidance_scale: float = 4.0, negative_prompt: str = "",
                  controlnet_conditioning_scale: float = 1.0, interval: int = 5, qnerf_from: float = 0.0,
@@ -147,7 +147,8 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         control_image: each view's control map after the edit, (V, H, W, C) in [0, 1];
         source_control_image: before the edit (default: control_image, as for a recolour); depths: each
         view's z-depth after the edit (the field's depth loss where known); prompt / source_prompt: the
-        scene after and before the edit. injection: "guidance", "blend" or None (independent per-view
+        scene after and before the edit. injection: "blend" (the default: guidance lost edited objects on a
+        report seed, benchmarks/RESULTS.md "Nineteenth session"), "guidance" or None (independent per-view
         editing); extended_attention: each view also reads its ring neighbours (a baseline);
         source_kv: key/value injection from the source views, from step kv_start·steps on.
         interval: steps between QNeRF fits (τ); qnerf_from / qnerf_until: the part of the schedule with
