@@ -16,8 +16,9 @@ arguments (files relative to the jobs file):
   layered_edit: "script", an edit script file (the format of `pipelines.layered_edit.load_script`) or
     the script's object inline;
   multiview_edit: "dataset" (a nerfstudio folder made by Strata) or "scene_seed" (an orbit scene), "edit"
-    (the edit object of `python -m pipelines.multiview_edit`, or a file), optional "method" (blend,
-    the default, guidance, independent, extended), "views", "interval", "fit_seconds"; writes the edited dataset folder;
+    (the edit object of `python -m pipelines.multiview_edit`, or a file), optional "method" (blend, the
+    default; guidance, independent, extended), "views", "interval", "fit_seconds"; writes the edited
+    dataset folder;
   driving_video: "layout" (a layout JSON file) or "scene_seed" (a street clip), optional "frames",
     "prompt", "local" ({class: prompt}), "window"; writes the cameras' mp4s, the mosaic and the frames.
 Every kind takes "steps" (or --steps for all).
