@@ -29,6 +29,7 @@ A second table gives each method minus independent editing, paired by scene.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import replace
 
@@ -114,6 +115,14 @@ def held_out_psnr(images: np.ndarray, train_views, held_views, held_truth: np.nd
     return float(10 * np.log10(1 / max(mse, 1e-10)))
 
 
+def fit_settings(args) -> FitSettings:
+    """--fit-iterations N: exactly N steps per fit, no clock (the same fits on any machine or load);
+    otherwise at most --fit-seconds (and FitSettings' step cap)."""
+    if args.fit_iterations is None:
+        return FitSettings(max_seconds=args.fit_seconds)
+    return FitSettings(iterations=args.fit_iterations, max_seconds=math.inf)
+
+
 def method_options(selected: set[str] | None, options: dict) -> dict[str, dict]:
     """The pipeline arguments of each row to run (selected: row names, None for all; independent editing
     always runs): options (--set) reach the Strata rows only, and never what a row is defined by (the
@@ -144,7 +153,7 @@ def bench(pipe, args) -> dict:
             with PeakMemory() as peak:
                 start = time.perf_counter()
                 out = pipe(**inputs, num_inference_steps=args.steps, interval=args.interval,
-                           fit_settings=FitSettings(max_seconds=args.fit_seconds),
+                           fit_settings=fit_settings(args),
                            generator=torch.Generator().manual_seed(k), **options)
                 seconds = time.perf_counter() - start
             outputs[name] = out.images
@@ -195,6 +204,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--interval", type=int, default=5)
     parser.add_argument("--fit-seconds", type=float, default=4.0)
+    parser.add_argument("--fit-iterations", type=int, default=None,
+                        help="steps per QNeRF fit with no time budget: reproducible whatever the machine's load")
     parser.add_argument("--rgb-iterations", type=int, default=300, help="RGB field budget (0: skip the PSNR column)")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--methods", default=None,
@@ -214,7 +225,8 @@ def main(argv=None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     torch.set_grad_enabled(False)
     result = {"machine": machine(), "scenes": args.scenes, "seed": args.seed, "steps": args.steps,
-              "interval": args.interval, "fit_seconds": args.fit_seconds, "options": args.options}
+              "interval": args.interval, "fit_seconds": args.fit_seconds,
+              "fit_iterations": args.fit_iterations, "options": args.options}
     rows = result["methods"] = bench(pipe, args)
     print_table(f"Multi-view editing: {args.scenes} orbit scenes × 8 views, {args.steps} steps, seed {args.seed}, "
                 f"{machine()}",

@@ -185,3 +185,15 @@ def test_multiview_rows_keep_what_defines_them():
     assert rows["extended attention"]["overlap_sync"] == 0.0 and "sync_space" not in rows["extended attention"]
     assert list(method_options({"Strata, QNeRF blend"}, {})) == ["Strata, QNeRF blend", BASELINE]
 
+
+
+def test_multiview_fits_can_run_without_a_clock():
+    """Guards: a benchmark whose QNeRF fits stop at a time budget, so that its guidance rows change with
+    the machine's load (RESULTS.md, "Nineteenth session"): --fit-iterations gives exactly that many steps."""
+    from types import SimpleNamespace
+
+    from benchmarks.multiview_edit import fit_settings
+    timed = fit_settings(SimpleNamespace(fit_seconds=2.0, fit_iterations=None))
+    assert timed.max_seconds == 2.0
+    counted = fit_settings(SimpleNamespace(fit_seconds=2.0, fit_iterations=7))
+    assert counted.iterations == 7 and counted.max_seconds == float("inf")
