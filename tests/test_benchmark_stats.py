@@ -186,7 +186,6 @@ def test_multiview_rows_keep_what_defines_them():
     assert list(method_options({"Strata, QNeRF blend"}, {})) == ["Strata, QNeRF blend", BASELINE]
 
 
-
 def test_multiview_fits_can_run_without_a_clock():
     """Guards: a benchmark whose QNeRF fits stop at a time budget, so that its guidance rows change with
     the machine's load (RESULTS.md, "Nineteenth session"): --fit-iterations gives exactly that many steps."""
