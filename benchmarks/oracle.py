@@ -8,8 +8,8 @@ scored when its box side is at least --min-size pixels and it is not occluded (v
 object, occluded ones included (at least 16 visible pixels): colour and box found, and how often the
 shape still reads right (an occluded outline need not be its shape's; the harder oracle then says
 "irregular" or another shape). The last columns are the fraction of unoccluded objects read as
-"irregular" (the solidity and aspect checks: should be 0) and the smallest solidity and largest
-aspect among them.
+"irregular" (the solidity, aspect and elongation checks: should be 0) and the smallest solidity and
+largest aspect (of the smallest rectangle around each, at any angle) and elongation among them.
 
 Reprojection: each view is warped into its ring neighbour with ground-truth depth and cameras
 (orbit: neighbouring orbit cameras; street: neighbouring rig cameras in the same frame), and the
@@ -18,7 +18,7 @@ pair warps a view three cameras away with the neighbour's camera: it must score 
 
 JSON keys (stable):
   flat.n_scenes, flat.n_objects_scored, flat.background_acc, flat.colour_acc, flat.shape_acc,
-  flat.count_acc, flat.box_iou50_acc, flat.min_size_px, flat.irregular_rate, flat.min_solidity, flat.max_aspect,
+  flat.count_acc, flat.box_iou50_acc, flat.min_size_px, flat.irregular_rate, flat.min_solidity, flat.max_aspect, flat.max_elongation,
   flat.occluded.{n_objects, colour_acc, box_iou50_acc, shape_acc}
   reprojection.orbit_mae_255, reprojection.orbit_wrong_mae_255, reprojection.orbit_covisible_fraction,
   reprojection.street_mae_255, reprojection.street_wrong_mae_255, reprojection.street_covisible_pixels
@@ -45,7 +45,7 @@ from world.street import render_street_clip, render_street_frame, sample_street_
 def flat_accuracy(n: int, seed: int, resolution: int, min_size: int) -> dict:
     bg = colour = shape = iou = scored = count_ok = count_scenes = irregular = 0
     occ = {"n": 0, "colour": 0, "iou": 0, "shape": 0}
-    solidity, aspect = [], []
+    solidity, aspect, stretch = [], [], []
     for s in tqdm(range(seed, seed + n), desc="flat scenes", leave=False):
         scene = render_flat(sample_flat_spec(s, max_overlap=0.2), resolution)
         reading = read_image(scene.image)
@@ -70,13 +70,14 @@ def flat_accuracy(n: int, seed: int, resolution: int, min_size: int) -> dict:
                 irregular += match.shape == "irregular"
                 solidity.append(match.solidity)
                 aspect.append(match.aspect)
+                stretch.append(match.elongation)
         if all(qualifies):
             count_scenes += 1
             count_ok += len(reading.objects) == len(scene.spec.objects)
     return {"n_scenes": n, "n_objects_scored": scored, "background_acc": bg / n, "colour_acc": colour / scored,
             "shape_acc": shape / scored, "count_acc": count_ok / max(count_scenes, 1), "box_iou50_acc": iou / scored,
             "min_size_px": min_size, "irregular_rate": irregular / scored, "min_solidity": float(min(solidity)),
-            "max_aspect": float(max(aspect)),
+            "max_aspect": float(max(aspect)), "max_elongation": float(max(stretch)),
             "occluded": {"n_objects": occ["n"], "colour_acc": occ["colour"] / max(occ["n"], 1),
                          "box_iou50_acc": occ["iou"] / max(occ["n"], 1), "shape_acc": occ["shape"] / max(occ["n"], 1)}}
 
@@ -148,12 +149,12 @@ def main(argv=None) -> dict:
     occ = flat["occluded"]
     print_table(f"Oracle on ground truth: {args.n} flat scenes at {args.resolution}px, seed {args.seed}",
                 ["objects", "n", "background", "colour", "shape", "count", "box IoU≥0.5", "read irregular",
-                 "min solidity", "max aspect"],
+                 "min solidity", "max aspect", "max elongation"],
                 [[f"≥ {args.min_size}px, unoccluded", flat["n_objects_scored"], flat["background_acc"], flat["colour_acc"],
                   flat["shape_acc"], flat["count_acc"], flat["box_iou50_acc"], flat["irregular_rate"],
-                  flat["min_solidity"], flat["max_aspect"]],
+                  flat["min_solidity"], flat["max_aspect"], flat["max_elongation"]],
                  ["occluded (≥ 16 px visible)", occ["n_objects"], "-", occ["colour_acc"], occ["shape_acc"], "-",
-                  occ["box_iou50_acc"], "-", "-", "-"]])
+                  occ["box_iou50_acc"], "-", "-", "-", "-"]])
     print_table(f"Reprojection MAE over co-visible pixels (grey levels, goal ≤ 2), {args.n_3d} scenes",
                 ["world", "ground truth", "wrong pair", "ratio"],
                 [["orbit", reproj["orbit_mae_255"], reproj["orbit_wrong_mae_255"], reproj["orbit_wrong_mae_255"] / reproj["orbit_mae_255"]],

@@ -143,6 +143,62 @@ def test_the_probes_that_fooled_the_oracle_are_not_edits(probe, shape):
                                                                  for o in reading.objects]
 
 
+def _turned(points, degrees, centre=(32, 32), size=64) -> np.ndarray:
+    """The pixels (sampled at their centres) inside the convex polygon `points` (x, y, about the origin),
+    turned by `degrees` and moved to `centre`."""
+    a = np.deg2rad(degrees)
+    corners = np.asarray(points, float) @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + centre
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    inside = np.ones((size, size), bool)
+    for (x0, y0), (x1, y1) in zip(corners, np.roll(corners, -1, axis=0)):
+        cross = (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0)
+        inside &= cross >= 0 if _clockwise(corners) else cross <= 0
+    return inside
+
+
+def _clockwise(corners) -> bool:
+    x, y = corners[:, 0], corners[:, 1]
+    return float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)) > 0
+
+
+def _ellipse(a, b, degrees, centre=(32, 32), size=64) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    u = (xx - centre[0]) * np.cos(t) + (yy - centre[1]) * np.sin(t)
+    v = -(xx - centre[0]) * np.sin(t) + (yy - centre[1]) * np.cos(t)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+@pytest.mark.parametrize("degrees", [20, 45, 70])
+@pytest.mark.parametrize("probe, shape", [("ellipse", "circle"), ("ellipse", "triangle"), ("bar", "square"),
+                                          ("bar", "triangle")])
+def test_turned_probes_are_not_edits(probe, shape, degrees):
+    """Guards against a shape read from the bounding box's fill: a 2:1 ellipse or a 30×6 bar turned by 45°
+    fills its box like a circle or a triangle (what the box-fill oracle read them as)."""
+    painted = _ellipse(16, 8, degrees) if probe == "ellipse" else _turned([(-15, -3), (15, -3), (15, 3), (-15, 3)],
+                                                                          degrees)
+    reading = read_image(_scene_with(painted))
+    assert not object_inside_mask(reading, "red", shape, _mask(4, 60, 4, 60)), [
+        (o.shape, o.fill, o.aspect, o.elongation) for o in reading.objects]
+    assert [o.shape for o in reading.objects] == ["irregular"]
+
+
+@pytest.mark.parametrize("degrees", [0, 15, 30, 45, 60])
+@pytest.mark.parametrize("shape", ["square", "triangle", "circle"])
+def test_turned_shapes_read_as_themselves(shape, degrees):
+    """The shape comes from the outline at any angle: a square turned 45° (a diamond) is a square, not the
+    triangle its box fill says; a turned triangle is a triangle."""
+    if shape == "square":
+        painted = _turned([(-10, -10), (10, -10), (10, 10), (-10, 10)], degrees)
+    elif shape == "triangle":  # the world's: base = height
+        painted = _turned([(-10, 10), (10, 10), (0, -10)], degrees)
+    else:
+        painted = _ellipse(10, 10, degrees)
+    reading = read_image(_scene_with(painted))
+    assert [o.shape for o in reading.objects] == [shape], [(o.shape, o.fill, o.aspect, o.elongation)
+                                                           for o in reading.objects]
+
+
 def test_success_needs_the_object_in_the_mask_at_a_plausible_size():
     """Guards against success that ignores the mask (and retention counted by colour alone)."""
     scene = render_flat(FlatSpec("sand", (FlatObject("red", "circle", (0.3, 0.3), 0.3),)), 64)
