@@ -24,14 +24,14 @@ background before and after), the border step across the rough mask (after; and 
 texture step, the halo score (no reference: in-mask background against its surroundings) and seam
 PSNR. Each is a mean over a scene's edits, then over scenes (± standard error over scenes); a second
 table gives Strata (full) minus each method, paired by scene. The removal rows remove layer 1 of each
-Strata (full) scene in each replay mode: removed object gone, and the fraction of the others present
-before that are still found after (per scene, ± standard error). Time ratio: seconds per Strata edit /
+Strata (full) scene in each replay mode: removed object gone (± standard error over scenes), and the
+fraction of the others present before that are still found after (per scene, ± standard error). Time ratio: seconds per Strata edit /
 seconds per plain text-to-image generation (the regenerate row, interleaved with the edits).
 --methods full,no-bcg (keys: full, no-mqd, no-bcg, mask-overlay, blended, regenerate) runs a subset (full always runs; the time ratio needs regenerate).
 
 JSON keys: machine, scenes, seed, rows.<method>.<score> = [mean, se] and seconds_per_edit,
 margins.<method>.<score> = [mean, se] (Strata (full) minus the method, paired by scene; retention on the
-objects both kept), removal.<memory|seed>.{removed_gone, others_retained: [mean, se], seconds},
+objects both kept), removal.<memory|seed>.{removed_gone: [mean, se], others_retained: [mean, se], seconds},
 plain_seconds, time_ratio, covered (per scene, per edit i, the earlier objects j a later mask covers),
 per_edit.mask_area and per_edit.<method>[scene][edit] = the edit's scores (edit_scores.score_edit).
 """
@@ -66,7 +66,7 @@ STRATA_FLAGS = {"Strata (full)": {}, "Strata w/o MQD": {"mqd": False}, "Strata w
 SCENES_PER_SEED = 10_000  # --seed S runs scenarios S·10⁴, S·10⁴ + 1, …: different seeds never overlap
 SCORES = ("success", "retention", "bg_change", "border_step", "border_step_before", "texture_step", "halo",
           "seam_psnr_db")
-MARGINS = ("success", "retention", "bg_change", "border_step", "halo")
+MARGINS = ("success", "retention", "bg_change", "border_step", "halo", "texture_step")
 
 
 def covered_later(scenario, j: int, i: int) -> bool:
@@ -270,13 +270,13 @@ def main(argv=None) -> dict:
     rows = {m: {**{key: mean_se(scene_values(scores[m], key, covered)) for key in SCORES},
                 "seconds_per_edit": float(np.mean(seconds[m]))} for m in methods}
     plain_seconds = rows["regenerate (floor)"]["seconds_per_edit"] if "regenerate (floor)" in rows else None
-    removal = {mode: {"removed_gone": float(np.mean(r["gone"])), "others_retained": mean_se(r["kept"]),
+    removal = {mode: {"removed_gone": mean_se(np.asarray(r["gone"], float)), "others_retained": mean_se(r["kept"]),
                       "seconds": float(np.mean(r["seconds"]))} for mode, r in removal.items()}
     table = [[m, _text(r["success"]), _text(r["retention"]), _text(r["bg_change"], 1),
               f"{_text(r['border_step'], 1)} ({_text(r['border_step_before'], 1)})", _text(r["halo"], 1),
               _text(r["texture_step"], 1), _text(r["seam_psnr_db"], 1), r["seconds_per_edit"]] for m, r in rows.items()]
     for mode, r in removal.items():
-        table.append([f"removal of layer 1, replay {mode}", f"gone {r['removed_gone']:.3f}",
+        table.append([f"removal of layer 1, replay {mode}", f"gone {_text(r['removed_gone'])}",
                       _text(r["others_retained"]), "-", "-", "-", "-", "-", r["seconds"]])
     print_table(f"Layered editing, {args.scenes} scenes, seed {args.seed}, {args.model}, {machine()}",
                 ["method", "edit success", "retention", "in-mask bg change", "border step (before)", "halo",
@@ -284,8 +284,8 @@ def main(argv=None) -> dict:
     margins = {m: {key: paired_margin(scores["Strata (full)"], scores[m], key, covered) for key in MARGINS}
                for m in methods[1:]}
     print_table("Strata (full) minus each method, paired by scene (mean ± standard error of the difference; "
-                "retention on the objects both made; lower is better for the last three)",
-                ["method", "edit success", "retention", "in-mask bg change", "border step", "halo"],
+                "retention on the objects both made; lower is better for the last four)",
+                ["method", "edit success", "retention", "in-mask bg change", "border step", "halo", "texture step"],
                 [[m, *(_text(d[key], 3 if key in ("success", "retention") else 1, sign=True) for key in MARGINS)]
                  for m, d in margins.items()])
     ratio = None
