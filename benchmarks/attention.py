@@ -352,6 +352,30 @@ def sdpa_rows_by_length(args, dtype, h: int = 8, tokens: int = 77) -> dict:
     return {str(length): per_row[length] / longest for length in lengths}
 
 
+def region_sorted_sdpa(q, k, v, region_map, tokens: int, order):
+    """Region attention as masked SDPA is fed when it is given what Strata's kernels get: the queries
+    (batch 1) in the cached plan's region-sorted order and the boolean mask built once, outside the
+    timing; the result put back in raster order. Returns the call to time."""
+    n_keys = k.shape[2]
+    sorted_map = region_map[order]
+    mask = sorted_map[:, None] == torch.arange(n_keys, device=q.device)[None] // tokens
+    q_sorted = q[:, :, order]
+    return lambda: torch.zeros_like(q).index_copy_(2, order, F.scaled_dot_product_attention(q_sorted, k, v,
+                                                                                          attn_mask=mask))
+
+
+def region_sorted_flex(q, k, v, region_map, tokens: int, order, flex_attention, create_block_mask):
+    """The same for FlexAttention: tokens sorted by region so whole blocks of the mask are empty or full,
+    the block mask built once outside the timing. Returns the call to time."""
+    sorted_map = region_map[order]
+    q_sorted = q[:, :, order]  # batch 1: the plan's flat token index is the token
+
+    def mask_mod(bb, hh, qi, ki):
+        return sorted_map[qi] == ki // tokens
+    block_mask = create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=q.device)
+    return lambda: torch.zeros_like(q).index_copy_(2, order, flex_attention(q_sorted, k, v, block_mask=block_mask))
+
+
 def bench_region(args, dtype, device) -> dict:
     b, h, n, d, regions, tokens = 1, 8, args.region_length, args.region_dim, 5, 77
     gen = torch.Generator(device="cpu").manual_seed(1)
@@ -369,24 +393,11 @@ def bench_region(args, dtype, device) -> dict:
     segments = gather_segments(k, v, plan, tokens, region.token_major(q))  # as MQD keeps them over a denoising loop
     measure(rows, "torch (cached plan and K/V segments)",
             lambda: region.torch_path(q, k, v, region_map, tokens, plan=plan, segments=segments), flops, ref, args.repeats)
-    measure(rows, "masked SDPA", lambda: F.scaled_dot_product_attention(
-        q, k, v, attn_mask=(region_map[:, None] == torch.arange(regions * tokens, device=device)[None] // tokens)),
-        flops, ref, args.repeats)
+    measure(rows, "masked SDPA (region-sorted tokens, mask built once)",
+            region_sorted_sdpa(q, k, v, region_map, tokens, plan.order), flops, ref, args.repeats)
     if args.flex and (flex := _flex()):
-        flex_attention, create_block_mask = flex
-        # Fed as Strata's kernels are: tokens sorted by region (the cached plan's order), so whole blocks
-        # of the mask are empty or full; the block mask built once, outside the timing.
-        order = plan.order
-        sorted_map = region_map[order]
-        q_sorted = q[:, :, order]  # batch 1: the plan's flat token index is the token
-
-        def mask_mod(bb, hh, qi, ki):
-            return sorted_map[qi] == ki // tokens
-        block_mask = create_block_mask(mask_mod, None, None, n, regions * tokens, device=device)
-
-        def flex_sorted():
-            return torch.zeros_like(q).index_copy_(2, order, flex_attention(q_sorted, k, v, block_mask=block_mask))
-        measure(rows, "flex (compiled, region-sorted tokens)", flex_sorted, flops, ref, args.repeats)
+        measure(rows, "flex (compiled, region-sorted tokens)",
+                region_sorted_flex(q, k, v, region_map, tokens, plan.order, *flex), flops, ref, args.repeats)
     peer(rows, "region", "xformers", "xformers (block-diagonal, cached plan)",
          lambda: peers.region_xformers(q, k, v, region_map, tokens, plan=plan), flops, ref, args.repeats, device, dtype)
     if CUDA and triton_available():
