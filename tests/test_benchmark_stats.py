@@ -196,3 +196,53 @@ def test_multiview_fits_can_run_without_a_clock():
     assert timed.max_seconds == 2.0
     counted = fit_settings(SimpleNamespace(fit_seconds=2.0, fit_iterations=7))
     assert counted.iterations == 7 and counted.max_seconds == float("inf")
+
+
+def test_blended_latent_diffusion_runs_as_its_authors_would(sd1_components):
+    """The fair baseline (`run_blended`), with the model's output replaced by a white picture so the
+    composite is known. Guards against the handicaps the review found: no paste-back (pixels outside the
+    feathered mask must be the previous picture's, bit for bit), a sampled VAE posterior (the clean latent
+    it blends toward must be the posterior mean, the same for any noise), no blending at the last step
+    (harmonize 0), and no protection of earlier objects (layer 2's mask leaves layer 1's object out and
+    its pixels stay)."""
+    import torch
+
+    from benchmarks.layered_edit import run_blended
+    from pipelines.layered_edit import EditSettings, LayeredEditPipeline
+    from pipelines.layered_edit.geometry import overlay_alpha
+
+    pipe = LayeredEditPipeline(**sd1_components)
+    pipe.set_progress_bar_config(disable=True)
+    white = np.full((32, 32, 3), 255, np.uint8)
+
+    class Spy:  # the pipeline, whose generation always draws white
+        calls = []
+
+        def forward_noise(self, *args, **kwargs):
+            return pipe.forward_noise(*args, **kwargs)
+
+        def __call__(self, prompt, **kwargs):
+            self.calls.append(kwargs)
+            return SimpleNamespace(images=[white])
+
+    background = render_flat(FlatSpec("grass", ()), 32).image
+    first, second = _box(4, 14, 4, 14, 32), _box(10, 28, 10, 28, 32)  # the second covers a corner of the first
+    scenario = SimpleNamespace(layers=[SimpleNamespace(prompt="a red square", rough_mask=first),
+                                       SimpleNamespace(prompt="a blue circle", rough_mask=second)])
+    settings = EditSettings(height=32, width=32, steps=3, dilate_px=1)
+    spy = Spy()
+    images, _ = run_blended(spy, background, scenario, 7, settings)
+    assert [c["harmonize"] for c in spy.calls] == [0.0, 0.0] and all(c.get("bcg", True) for c in spy.calls)
+    clean = pipe.encode_image(background)[0]
+    assert torch.equal(spy.calls[0]["background"][-1], clean)  # the posterior mean
+    again = pipe.forward_noise(background, 3, torch.Generator().manual_seed(99))
+    assert torch.equal(again[-1], clean)
+    for previous, image, mask in ((background, images[0], first), (images[0], images[1], second)):
+        outside = overlay_alpha(mask, settings.dilate_px) == 0
+        assert outside.any() and np.array_equal(image[outside], previous[outside])  # the paste-back
+    # layer 1's object (the white square) is protected from layer 2: left out of its mask, kept as it was
+    edit = spy.calls[1]["mask"]
+    kept = first & second & ~edit
+    assert kept.sum() >= 16 and not (edit & first).any()
+    assert np.array_equal(images[1][kept], images[0][kept])
+    assert (images[1][edit] == 255).all()

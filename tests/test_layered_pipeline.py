@@ -115,7 +115,9 @@ def test_callback_on_step_end_sees_every_step_and_can_change_the_latents(pipe):
 
 def test_bcg_keeps_the_background_trajectory_outside_the_mask(pipe):
     """Guards against BCG switched off in the pipeline: outside the mask every latent of the BCG phase
-    is the background's; with bcg=False they drift."""
+    is the background's; with bcg=False they drift. Also against a no-BCG ablation that still splices the
+    background's initial latent outside the mask ("BCG after step 0 off", not BCG off): with bcg=False
+    the first latent is the layer's own noise everywhere."""
     background = pipe("an empty scene of grass", height=32, width=32, num_inference_steps=5, generator=_gen()).trajectory
     mask = _box(0, 12, 0, 12)
     kwargs = dict(height=32, width=32, num_inference_steps=5, generator=_gen(1), harmonize=0.4, mask=mask,
@@ -127,6 +129,7 @@ def test_bcg_keeps_the_background_trajectory_outside_the_mask(pipe):
     assert not torch.equal(out[-1][..., outside], background[-1][..., outside])  # harmonize steps run free
     free = pipe("a red circle", **kwargs, bcg=False).trajectory
     assert not torch.equal(free[1:blended + 1][..., outside], background[1:blended + 1][..., outside])
+    assert not torch.equal(free[0][..., outside], background[0][..., outside])
 
 
 def test_strength_starts_the_layer_from_the_background_inside_the_mask_too(pipe):
