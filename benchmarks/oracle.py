@@ -8,8 +8,8 @@ scored when its box side is at least --min-size pixels and it is not occluded (v
 object, occluded ones included (at least 16 visible pixels): colour and box found, and how often the
 shape still reads right (an occluded outline need not be its shape's; the harder oracle then says
 "irregular" or another shape). The last columns are the fraction of unoccluded objects read as
-"irregular" (the solidity, aspect and elongation checks: should be 0) and the smallest solidity and
-largest aspect (of the smallest rectangle around each, at any angle) and elongation among them.
+"irregular" (the solidity and aspect checks: should be 0) and the smallest solidity, the largest aspect
+(extents along the principal axes) and the largest elongation (of the second moments) among them.
 
 Reprojection: each view is warped into its ring neighbour with ground-truth depth and cameras
 (orbit: neighbouring orbit cameras; street: neighbouring rig cameras in the same frame), and the

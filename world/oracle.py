@@ -3,15 +3,14 @@
 Pixels are assigned to the nearest palette colour (object colours and background colours; for
 shaded 3-D renders, the nearest shade s·colour with s in the renderer's shading range);
 objects are connected components of one object colour, and the background is the majority of
-background-coloured pixels. The shape is read from the component's outline, at any rotation: it is a
-shape only if it is solid (its area at least MIN_SOLIDITY of its convex hull's) and compact — its
-second moments' elongation (the square root of their eigenvalues' ratio) and the sides of the smallest
-rectangle around its hull at any angle (rotating calipers) both at most MAX_ASPECT; then its fill of
-that rectangle tells a triangle (0.5: any triangle fills half its smallest rectangle; a circle 0.785, a
-square 1.0), and its roundness (area over the disk that reaches its farthest pixel) a circle (1) from a
-square (2/π). Otherwise it is "irregular" (a speckle, a bar, a 2:1 ellipse, at any angle), which
-matches no asked shape. On ground-truth scenes the world's shapes have solidity ≥ 0.86, elongation
-≤ 1.2 and rectangle aspect ≤ 1.1 (benchmarks.oracle); a square turned 45° reads as a square.
+background-coloured pixels. The shape is read from the component's second moments and outline, the
+same at any rotation (`outline`): it is a shape only if it is solid (its area at least MIN_SOLIDITY of
+its convex hull's) and about as long as wide along its principal axes (MAX_ASPECT); then its roundness
+in whitened coordinates — the area over the disk that reaches its farthest point once its covariance is
+made isotropic, an affine invariant: any triangle 0.41, any parallelogram 0.64, any ellipse 1 — tells
+triangle, square and circle apart. Otherwise it is "irregular" (a speckle, a bar, a 2:1 ellipse, at any
+angle), which matches no asked shape. On ground-truth scenes the world's shapes have solidity ≥ 0.86
+and aspect ≤ 1.09 (benchmarks.oracle); a square turned 45° reads as a square, an oval as a circle.
 """
 
 from __future__ import annotations
@@ -22,17 +21,16 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from world.vocab import BACKGROUNDS, COLOURS, SHAPE_FILL
+from world.vocab import BACKGROUNDS, COLOURS
 
 _OBJECT_NAMES = list(COLOURS)
 _BACKGROUND_NAMES = list(BACKGROUNDS)
 _PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUNDS.values()), dtype=np.float32)
-# Fill-ratio thresholds halfway between triangle (0.5), circle (0.785) and square (1.0).
-_TRIANGLE_CIRCLE = (SHAPE_FILL["triangle"] + SHAPE_FILL["circle"]) / 2
-_CIRCLE_SQUARE = (SHAPE_FILL["circle"] + SHAPE_FILL["square"]) / 2
 MIN_SOLIDITY = 0.8  # area / convex hull area; the world's shapes: circle ≥ 0.90, triangle ≥ 0.86, square 1.0
-MIN_CIRCLE_ROUNDNESS = 0.8  # between a square's 2/π (0.64; 0.78 for a 6-px square at 45°) and a disk's 1
-MAX_ASPECT = 1.4  # elongation and the smallest rectangle's longer / shorter side; the world's shapes ≤ 1.25
+MAX_ASPECT = 1.4  # longer / shorter extent along the principal axes; the world's shapes ≤ 1.09 at 64 px
+# Roundness thresholds (`outline`): between triangles (≤ 0.57: 6-px ones turned, 32-px renders) and
+# squares (≥ 0.61), and between squares (≤ 0.78) and disks (≥ 0.79 at 64 px).
+_TRIANGLE_SQUARE, _SQUARE_CIRCLE = 0.59, 0.785
 # An edit succeeds when the asked object lies in its rough mask at a plausible size: its area between
 # these fractions of the mask's (in the edit scenarios the true object is 0.135–0.635 of its mask).
 MIN_AREA_OF_MASK, MAX_AREA_OF_MASK = 0.1, 1.0
@@ -44,12 +42,12 @@ class DetectedObject:
     shape: str  # "circle", "square", "triangle", or "irregular"
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (end exclusive)
     area: int
-    fill: float  # area / the area of the smallest rectangle around it, at any angle
+    fill: float  # area / bounding box area (an upright world shape's: SHAPE_FILL; not used for the shape)
     solidity: float = 1.0  # area / convex hull area
-    aspect: float = 1.0  # longer / shorter side of that rectangle
+    aspect: float = 1.0  # longer / shorter extent along its principal axes (`outline`)
     centroid: tuple[float, float] = (0.0, 0.0)  # (x, y) pixel coordinates
     elongation: float = 1.0  # √(λ_max / λ_min) of the pixels' second central moments
-    roundness: float = 1.0  # area / π r², r the farthest pixel from the centroid (`outline`)
+    roundness: float = 1.0  # affine-invariant: ellipse 1, rectangle 0.64, triangle 0.41 (`outline`)
 
 
 @dataclass(frozen=True)
@@ -89,59 +87,40 @@ def hull_area(pixels: np.ndarray) -> float:
 
 
 def outline(pixels: np.ndarray) -> tuple[float, float, float]:
-    """From the convex hull of a component's pixel centres: the area and aspect (longer / shorter side)
-    of the smallest rectangle around the component at any angle (rotating calipers: one side lies along a
-    hull edge; the rectangle around the centres, each side one pixel longer; of equal areas, the
-    squarest), and its roundness, area / π r² with r the farthest centre from the centroid plus half a
-    pixel (a disk 0.82–0.95 at 64 px, a square 0.64–0.78 at any angle, a triangle under 0.5). A line of
-    pixels has no 2-D hull: its bounding box, and roundness 0."""
+    """A component's shape from its second moments and the hull of its pixel centres, the same at any
+    rotation and, for roundness, any stretch: (roundness, aspect, elongation).
+
+    roundness: the area over π r², in coordinates where the pixels' covariance is isotropic (an
+    area-preserving whitening), r the farthest hull vertex from the centroid plus half a pixel — an affine
+    invariant: any ellipse 1, any rectangle 2/π (0.64), any triangle 3√3/4π (0.41); at 64 px the world's
+    disks read 0.79–0.94, its squares 0.65–0.67 (0.78 for a 6-px square turned 45°), its triangles
+    0.41–0.50. aspect: the extents along the principal axes, longer over shorter (the bounding box's
+    aspect, turned with the shape; a 2:1 ellipse 2, a 30 × 6 bar 5). elongation: √(λ_max / λ_min) of the
+    covariance. A line of pixels has no 2-D hull: roundness 0, its bounding box's aspect."""
     ys, xs = np.nonzero(pixels)
     centres = np.stack([xs, ys], 1).astype(float)
+    covariance = np.cov(centres.T, bias=True) + np.eye(2) / 12  # each pixel a unit square
+    variances, axes = np.linalg.eigh(covariance)
+    stretch = float(np.sqrt(variances[1] / variances[0]))
     try:
-        points = centres[ConvexHull(centres).vertices]
+        hull = centres[ConvexHull(centres).vertices] - centres.mean(0)
     except (QhullError, ValueError):
         height, width = pixels.shape
-        return float(height * width), max(height, width) / min(height, width), 0.0
-    edges = np.roll(points, -1, axis=0) - points
-    angles = np.arctan2(edges[:, 1], edges[:, 0])
-    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
-    along, across = points[:, 0] * cos + points[:, 1] * sin, points[:, 1] * cos - points[:, 0] * sin
-    sides = np.stack([np.ptp(along, axis=1), np.ptp(across, axis=1)], 1) + 1  # (edges, 2)
-    areas = sides.prod(1)
-    aspects = sides.max(1) / sides.min(1)
-    best = np.flatnonzero(areas <= areas.min() * (1 + 1e-9))
-    k = best[aspects[best].argmin()]
-    radius = np.linalg.norm(points - centres.mean(0), axis=1).max() + 0.5
-    return float(areas[k]), float(aspects[k]), float(len(xs) / (np.pi * radius**2))
+        return 0.0, max(height, width) / min(height, width), stretch
+    whiten = np.linalg.det(covariance) ** 0.25 * axes @ np.diag(variances**-0.5) @ axes.T
+    radius = np.linalg.norm(hull @ whiten.T, axis=1).max() + 0.5
+    extents = np.ptp(hull @ axes, axis=0) + 1
+    return float(len(xs) / (np.pi * radius**2)), float(extents.max() / extents.min()), stretch
 
 
-def elongation(pixels: np.ndarray) -> float:
-    """√(λ_max / λ_min) of the second central moments of a component's pixels (each a unit square,
-    so a line of pixels has a finite elongation): 1 for a disk or a square at any angle, 2 for a 2:1
-    ellipse."""
-    ys, xs = np.nonzero(pixels)
-    covariance = np.cov(np.stack([xs, ys]).astype(float), bias=True) + np.eye(2) / 12
-    low, high = np.linalg.eigvalsh(covariance)
-    return float(np.sqrt(high / low))
-
-
-def shape_of(fill: float, solidity: float, aspect: float, elongation: float = 1.0, roundness: float | None = None) -> str:
-    """"irregular" unless solid and compact; then a triangle by its rectangle fill (under the halfway
-    mark between triangle and circle), and a circle or a square by roundness (without one: by fill)."""
-    if solidity < MIN_SOLIDITY or aspect > MAX_ASPECT or elongation > MAX_ASPECT:
+def shape_of(roundness: float, solidity: float, aspect: float) -> str:
+    """"irregular" unless solid (MIN_SOLIDITY) and about as long as wide along its principal axes
+    (MAX_ASPECT); then the shape whose roundness is nearest: triangle, square or circle."""
+    if solidity < MIN_SOLIDITY or aspect > MAX_ASPECT:
         return "irregular"
-    shape = shape_from_fill(fill)
-    if shape == "triangle" or roundness is None:
-        return shape
-    return "circle" if roundness >= MIN_CIRCLE_ROUNDNESS else "square"
-
-
-def shape_from_fill(fill: float) -> str:
-    if fill >= _CIRCLE_SQUARE:
-        return "square"
-    if fill >= _TRIANGLE_CIRCLE:
-        return "circle"
-    return "triangle"
+    if roundness < _TRIANGLE_SQUARE:
+        return "triangle"
+    return "square" if roundness < _SQUARE_CIRCLE else "circle"
 
 
 def read_image(image: np.ndarray, min_area_fraction: float = 0.004, shading: tuple[float, float] | None = None) -> Reading:
@@ -161,14 +140,13 @@ def read_image(image: np.ndarray, min_area_fraction: float = 0.004, shading: tup
             if area < min_area:
                 continue
             box = (slc[1].start, slc[0].start, slc[1].stop, slc[0].stop)
-            rectangle, aspect, roundness = outline(pixels)
-            fill = min(1.0, area / rectangle)
+            roundness, aspect, stretch = outline(pixels)
+            fill = area / ((box[2] - box[0]) * (box[3] - box[1]))
             solidity = min(1.0, area / hull_area(pixels))
-            stretch = elongation(pixels)
             ys, xs = np.nonzero(pixels)
             centroid = (float(xs.mean() + box[0] + 0.5), float(ys.mean() + box[1] + 0.5))
-            objects.append(DetectedObject(colour, shape_of(fill, solidity, aspect, stretch, roundness), box, area,
-                                          fill, solidity, aspect, centroid, stretch, roundness))
+            objects.append(DetectedObject(colour, shape_of(roundness, solidity, aspect), box, area, fill, solidity,
+                                          aspect, centroid, stretch, roundness))
     counts = np.bincount(labels[labels >= len(_OBJECT_NAMES)] - len(_OBJECT_NAMES),
                          minlength=len(_BACKGROUND_NAMES))
     background = _BACKGROUND_NAMES[int(counts.argmax())] if counts.sum() else "unknown"
