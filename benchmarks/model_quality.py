@@ -19,7 +19,9 @@ Speed: seconds per 64 × 64 image, 20 steps with guidance, batch 1, on this mach
 Seeds draw disjoint sets: --seed S samples caption specs from S·10⁶ on, layouts from 10⁹ + S·10⁴ on and
 VAE images from 2·10⁹ + S·10⁴ on, so the seed-to-seed spread is over different captions and layouts
 (before, consecutive seeds walked the same spec seeds: seeds 0, 1, 2 scored the same 200 specs).
-Every rate has its 95 % Wilson interval beside it, the PSNR a 95 % interval over images.
+Every rate has its 95 % Wilson interval beside it (the ground-truth row's too), the PSNR a 95 % interval
+over images; s / image is the mean of 3 timed calls after a warm-up (a time, not a rate: compare it
+only within one run).
 
 The random-weight model has the same architecture (`world.models.build_components`, seed 0).
 JSON keys: machine, n, seed, rows.<model>.{t2i_background, t2i_colour, t2i_shape, t2i_count,
@@ -212,7 +214,8 @@ def main(argv=None) -> dict:
         digits = 1 if key == "vae_psnr_db" else 3
         return f"{row[key]:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
     table = [[name] + [cell(row, k) for k in keys] for name, row in rows.items()]
-    table.append(["ground-truth render"] + ["-"] * 4 + [ground_truth["controlnet_inside_box"], ground_truth["controlnet_colour"], "-", "-"])
+    table.append(["ground-truth render"] + ["-"] * 4 + [cell(ground_truth, "controlnet_inside_box"),
+                                                       cell(ground_truth, "controlnet_colour"), "-", "-"])
     print_table(f"Model quality on held-out captions (n={args.n}) and layouts (n={len(cases)}), seed {args.seed}, "
                 f"{machine()}", ["model", "background", "colour", "shape", "count", "CN in box", "CN colour",
                                  "VAE PSNR dB", "s / image"], table)
