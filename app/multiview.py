@@ -1,6 +1,6 @@
 """The multi-view tab: a sampled orbit scene of the toy world or an uploaded zipped nerfstudio folder,
-one 3D edit of one object, and the method; source and edited views side by side as a grid, the edited
-views as a turntable, and the edited dataset folder as a zip.
+one 3D edit of one object, and the method; source and edited views as a grid (source above, edited
+below), a turntable of each source view beside its edit, and the edited dataset folder as a zip.
 
 `MultiViewTab` holds the callback, a thin call into `pipelines.multiview_edit`; `build_multiview_tab`
 lays the tab out. Errors become a message, never a traceback; uploads are unpacked into a scratch folder
@@ -96,8 +96,9 @@ class MultiViewTab:
             with imageio.get_writer(turntable, fps=6, codec="libx264", macro_block_size=1,
                                     ffmpeg_log_level="error") as writer:
                 for _ in range(3):
-                    for image in out.images:
-                        writer.append_data(np.repeat(np.repeat(image, 4, 0), 4, 1) if image.shape[0] <= 128 else image)
+                    for source, edited in zip(inputs["images"], out.images):
+                        pair = np.concatenate([source, edited], 1)  # source left, edited right
+                        writer.append_data(np.repeat(np.repeat(pair, 4, 0), 4, 1) if pair.shape[0] <= 128 else pair)
             archive = shutil.make_archive(str(folder / "edited-views"), "zip", dataset)
             fits = ", ".join(f"{f['seconds']:.1f} s" for f in out.fits)
             return (str(dataset / "grid.png"), str(turntable), archive,
@@ -151,7 +152,8 @@ def build_multiview_tab(tab: MultiViewTab, model_name: gr.Dropdown) -> None:
                 stop = gr.Button("Stop", variant="stop", elem_id="mv-stop", min_width=60)
         with gr.Column(scale=2):
             grid = gr.Image(label="Source views (top) and edited views (bottom)", type="filepath", elem_id="mv-grid")
-            turntable = gr.Video(label="Turntable of the edited views", elem_id="mv-turntable")
+            turntable = gr.Video(label="Turntable: each source view (left) beside its edit (right)",
+                                 elem_id="mv-turntable")
             files = gr.File(label="The edited views as a nerfstudio dataset folder", interactive=False, visible=False)
     reveal_file(go.click(tab.generate, [model_name, seed, dataset, object_index, move_x, move_y, scale, colour, method,
                                         steps, fit_seconds], [grid, turntable, files, message],

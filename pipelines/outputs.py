@@ -32,9 +32,11 @@ class DrivingVideoPipelineOutput(BaseOutput):
 @dataclass
 class MultiViewEditPipelineOutput(BaseOutput):
     """images: the edited views, (V, H, W, 3) uint8 in the cameras' order (None for output_type
-    "latent"); latents: (V, C, h, w) the final latents; fits: per QNeRF interval its step, seconds,
-    iterations and final loss (empty without query injection); seconds: the call's stages
-    (inversion, generation, fitting), in seconds."""
+    "latent"); latents: (V, C, h, w) the final latents; fits: per QNeRF interval its first and last
+    step (step, last_step), the seconds of its query-record pass (record_seconds), of the fit and render
+    (seconds) and of its denoising steps without those (generation_seconds), the fit's iterations and
+    final loss (empty without query injection); seconds: the call's stages (inversion, generation,
+    fitting), in seconds."""
 
     images: np.ndarray | None
     latents: torch.Tensor

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 
 from attention_processors import AttentionController, installed_processors
 from attention_processors.cross_view import ViewState, ring_neighbours
@@ -42,6 +43,39 @@ def test_recorded_query_shapes_on_a_unet(sd1_components):
         maps = to_views(q, 3, (8, 8))
         assert maps.shape == (3, 8, 8, 2 * attn.to_q.out_features)
         assert torch.equal(from_views(maps, 2), q)  # the view maps and the batch rows are the same numbers
+
+
+class _TokenCount:
+    """A processor that notes its layer's token count, then runs the one it replaced."""
+
+    def __init__(self, counts: dict, name: str, original):
+        self.counts, self.name, self.original = counts, name, original
+
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        self.counts[self.name] = hidden_states.shape[1]
+        return self.original(attn, hidden_states, *args, **kwargs)
+
+
+def test_default_query_layers_are_the_up_blocks_at_the_two_highest_token_resolutions():
+    """Guards: the levels counted from the coarse end, one level or every attention up block recorded. The
+    tiny SD-1-like UNet has a single attention up block and cannot tell these apart; this one has three,
+    and the token counts measured in a forward pass say which are the two highest resolutions."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16, 32), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D",) * 3,
+                                up_block_types=("CrossAttnUpBlock2D",) * 3, cross_attention_dim=16,
+                                attention_head_dim=4, norm_num_groups=4)
+    counts = {}
+    with installed_processors(unet, lambda name, original: (_TokenCount(counts, name, original)
+                                                            if name.endswith("attn1.processor") else None)):
+        _unet_call(unet, torch.randn(1, 4, 16, 16))
+    up = {name: n for name, n in counts.items() if name.startswith("up_blocks.")}
+    highest = sorted(set(up.values()))[-2:]
+    assert highest == [64, 256]  # 8×8 and 16×16 tokens; the third attention up block has 4×4
+    chosen = default_query_layers(unet)
+    assert sorted(chosen) == sorted(name for name, n in up.items() if n in highest)
+    assert chosen == [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1.processor" for b in (1, 2)
+                      for a in range(2)]  # layers_per_block + 1 per up block
 
 
 def test_recorded_query_shapes_on_a_transformer(pixart_components):

@@ -15,7 +15,9 @@ control map and depth. Any other nerfstudio folder needs `--controls DIR`: one c
 after the edit (frame_00000.png …, layout colours in RGB and near-is-bright depth in alpha) and
 `--prompt`. The output folder has images/, a transforms.json with the same cameras (nerfstudio's
 parser reads it), and grid.png (source views above, edited views below). Every field is checked
-before the model loads (exit 2, one line naming it); the folder is written all or nothing.
+before the model loads (exit 2, one line naming it); the folder is written all or nothing. At the end
+each QNeRF interval gets one line on stderr: its steps, the seconds of recording, fitting and rendering
+the queries, and the seconds of its denoising steps.
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ def grid_png(source: np.ndarray, edited: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(grid).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def report(fits: list[dict]) -> list[str]:
+    """One line per QNeRF interval (the output's `fits`): its steps, the seconds of recording the queries,
+    fitting the field and rendering it, and the seconds of the interval's denoising steps."""
+    return [f"steps {f['step']}–{f['last_step']}: record+fit+render {f['record_seconds'] + f['seconds']:.1f} s "
+            f"(fit {f['fit_seconds']:.1f} s, {f['iterations']} iterations, loss {f['loss']:.3f}), "
+            f"generation {f['generation_seconds']:.1f} s" for f in fits]
 
 
 def prepare(args, channels: int) -> tuple[dict, dict]:
@@ -146,15 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         inputs, extra = prepare(args, channels=4)  # every field checked before the model loads
         pipe = load_pipeline(args.model, MultiViewEditPipeline, device=device,
                              controlnet=load_controlnet(args.controlnet))
-
-        def report(step, result, rendered):
-            print(f"step {step}: QNeRF fit {result.seconds:.1f} s, {result.iterations} iterations, "
-                  f"loss {result.loss:.3f}", file=sys.stderr)
         start = time.perf_counter()
         out = pipe(**inputs, num_inference_steps=args.steps, interval=args.interval,
                    fit_settings=FitSettings(max_seconds=args.fit_seconds, progress=True),
-                   generator=torch.Generator().manual_seed(args.seed), interval_callback=report,
-                   overlap_sync=args.overlap_sync, **METHODS[args.method])
+                   generator=torch.Generator().manual_seed(args.seed), overlap_sync=args.overlap_sync,
+                   **METHODS[args.method])
+        for line in report(out.fits):
+            print(line, file=sys.stderr)
         write_views(args.out, out.images, inputs["cameras"], extra=extra,
                     files={"grid.png": grid_png(inputs["images"], out.images)})
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in out.seconds.items())

@@ -55,7 +55,7 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
 
     def check_inputs(self, images, cameras, control_image, source_control_image, depths, prompt, injection,
                      num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from=0.0,
-                     guidance_alpha=0.05, overlap_sync=0.0, sync_space="latent"):
+                     guidance_alpha=0.05, overlap_sync=0.0, sync_space="latent", kv_layers=None):
         """Each bad argument is a ValueError that names it; nothing is changed before all pass."""
         if not isinstance(self.scheduler, self.required_scheduler):
             raise ValueError(f"scheduler: multi-view editing inverts the views with DDIM, got "
@@ -107,6 +107,14 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
             unknown = set(query_layers) - set(self.unet.attn_processors)
             if not query_layers or unknown or any(is_cross_attention(n) for n in query_layers):
                 raise ValueError(f"query_layers: expected self-attention install names of the UNet, got {query_layers!r}")
+        if kv_layers is not None:
+            if isinstance(kv_layers, str) or not kv_layers:
+                raise ValueError(f"kv_layers: expected a non-empty list of self-attention install names of the UNet "
+                                 f"(source_kv=False turns the injection off), got {kv_layers!r}")
+            wrong = [n for n in kv_layers if n not in self.unet.attn_processors or is_cross_attention(n)]
+            if wrong:
+                raise ValueError(f"kv_layers: expected self-attention install names of the UNet (such as "
+                                 f"{default_query_layers(self.unet)[0]!r}), got {wrong!r}")
 
     def overlap_links(self, cameras: list[Camera], depths: list[np.ndarray | None] | None, size: tuple[int, int],
                       device, edge_tolerance: float | None = 0.1) -> tuple:
@@ -140,7 +148,8 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
                  fit_settings: FitSettings = FitSettings(), field_config: FieldConfig = FieldConfig(),
                  generator: torch.Generator | None = None, output_type: str = "np", return_dict: bool = True,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] = ("latents",),
-                 interval_callback=None, overlap_sync: float = 0.0, sync_space: str = "latent"):
+                 interval_callback=None, overlap_sync: float = 0.0, sync_space: str = "latent",
+                 kv_layers: list[str] | None = None):
         """Edit the views.
 
         images: the source views (V, H, W, 3) uint8; cameras: their cameras (`formats.Camera`);
@@ -150,10 +159,14 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         scene after and before the edit. injection: "blend" (the default: guidance lost edited objects on a
         report seed, benchmarks/RESULTS.md "Nineteenth session"), "guidance" or None (independent per-view
         editing); extended_attention: each view also reads its ring neighbours (a baseline);
-        source_kv: key/value injection from the source views, from step kv_start·steps on.
+        source_kv: key/value injection from the source views, from step kv_start·steps on; kv_layers: the
+        self-attention layers (install names, `unet.attn_processors`) that read them (default: every one
+        of the up blocks).
         interval: steps between QNeRF fits (τ); qnerf_from / qnerf_until: the part of the schedule with
         fits and injection (fractions of the steps); blend_weight: w of the blend; guidance_alpha: the RMS of a guidance step.
-        interval_callback(step, fit_result, rendered) is called after each fit.
+        interval_callback(step, fit_result, rendered) is called after each fit. The output's `fits` give per
+        interval its first and last step, the seconds of the query-record pass (record_seconds), of the fit
+        and render (seconds) and of the interval's denoising steps without those (generation_seconds).
         overlap_sync: the first fraction of the steps after which the views' clean-latent estimates are
         averaged where the depths link them (0: never; needs depths: without them nothing is linked);
         sync_space: "latent" (average the latent cells, `sync_overlaps`; as good at 64 px and cheaper) or
@@ -164,7 +177,7 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
             source_control_image = control_image
         self.check_inputs(images, cameras, control_image, source_control_image, depths, prompt, injection,
                           num_inference_steps, interval, qnerf_until, blend_weight, kv_start, query_layers, qnerf_from,
-                          guidance_alpha, overlap_sync, sync_space)
+                          guidance_alpha, overlap_sync, sync_space, kv_layers)
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type: expected 'np' or 'latent', got {output_type!r}")
         device = self._execution_device
@@ -192,8 +205,9 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         # 3. the mechanisms' state
         layers = tuple(query_layers or default_query_layers(self.unet))
         queries = QueryState(layers, weight=blend_weight) if injection else None
-        kv = SourceKV(frozenset(default_query_layers(self.unet, levels=len(self.unet.config.block_out_channels))),
-                      start_step=round(kv_start * num_inference_steps)) if source_kv else None
+        if kv_layers is None:
+            kv_layers = default_query_layers(self.unet, levels=len(self.unet.config.block_out_channels))
+        kv = SourceKV(frozenset(kv_layers), start_step=round(kv_start * num_inference_steps)) if source_kv else None
         views = None
         if extended_attention:
             index = torch.cat([torch.arange(n_views)[:, None], torch.tensor(ring_neighbours(n_views))], 1)
@@ -225,13 +239,14 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
         with installed_processors(self.unet, make), self.progress_bar(total=num_inference_steps) as bar:
             for i, t in enumerate(timesteps):
                 controller.begin_step(i, int(t))
-                step_start = time.perf_counter()
+                step_start, interval_seconds = time.perf_counter(), 0.0
                 if kv is not None:  # the source views at this step: their keys and values
                     kv.mode = "record"
                     self.denoise(source[i], t, source_hidden, source_control, controlnet_conditioning_scale)
                     kv.mode = "inject"
                 if queries is not None and inject_from <= i < inject_until and (i - inject_from) % interval == 0:
                     # record the queries at the cached latent, (re)fit the field, render every view
+                    record_start = time.perf_counter()
                     queries.mode, queries.recording, queries.recorded = None, True, {}
                     predict(latents)
                     queries.recording = False
@@ -243,9 +258,12 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
                     rendered = render_queries(field, list(cameras), {n: m.shape[1:3] for n, m in recorded.items()})
                     queries.rendered = {n: from_views(m, 2).to(latents.dtype) for n, m in rendered.queries.items()}
                     fit_seconds = time.perf_counter() - fit_start
+                    interval_seconds = time.perf_counter() - record_start
                     seconds["fitting"] += fit_seconds
-                    fits.append({"step": i, "seconds": fit_seconds, "fit_seconds": result.seconds,
-                                 "iterations": result.iterations, "loss": result.loss})
+                    fits.append({"step": i, "last_step": min(i + interval, inject_until) - 1,
+                                 "record_seconds": fit_start - record_start, "seconds": fit_seconds,
+                                 "fit_seconds": result.seconds, "iterations": result.iterations, "loss": result.loss,
+                                 "generation_seconds": 0.0})
                     if interval_callback is not None:
                         interval_callback(i, result, rendered)
                 injecting = queries is not None and inject_from <= i < inject_until and queries.rendered
@@ -263,7 +281,10 @@ class MultiViewEditPipeline(ControlNetPipelineBase):
                     local = {"latents": latents}
                     out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
                     latents = (out or {}).get("latents", latents)
-                seconds["generation"] += time.perf_counter() - step_start
+                step_seconds = time.perf_counter() - step_start
+                seconds["generation"] += step_seconds
+                if fits and fits[-1]["step"] <= i <= fits[-1]["last_step"]:  # the interval's steps, less its fit
+                    fits[-1]["generation_seconds"] += step_seconds - interval_seconds
                 bar.update()
         seconds["generation"] -= seconds["fitting"]
 

@@ -6,12 +6,16 @@ import zipfile
 from types import SimpleNamespace
 from dataclasses import replace
 
+import imageio.v2 as imageio
+import numpy as np
 import pytest
 from diffusers import StableDiffusionControlNetPipeline
+from PIL import Image
 
 from app.files import WorkFolder
 from app.multiview import MultiViewTab
 from app.models import ModelCache
+from tests.test_multiview_edit import BAD_DATASETS, snapshot
 from tests.tiny_models import sd1_components, tiny_controlnet
 from world.orbit import render_orbit, sample_orbit_spec, write_nerfstudio_dataset
 
@@ -28,10 +32,25 @@ def tab(tmp_path_factory):
 
 
 def test_a_sampled_scene_gives_a_grid_a_turntable_and_a_dataset_zip(tab):
+    """Guards: a turntable of the edited views alone (each frame must show the source view beside its
+    edit, as the grid's columns do), or frames out of the views' order."""
     grid, turntable, archive, message = tab.generate(progress=None, **VALUES)
     assert grid.endswith("grid.png") and turntable.endswith(".mp4") and not message.startswith("⚠️"), message
     names = zipfile.ZipFile(archive).namelist()
     assert "transforms.json" in names and "images/frame_00007.png" in names
+    rows = np.asarray(Image.open(grid).convert("RGB")).astype(np.float64)
+    size = rows.shape[0] // 2
+    pairs = [np.concatenate([rows[:size, k * size:(k + 1) * size], rows[size:, k * size:(k + 1) * size]], 1)
+             for k in range(8)]  # per view: source | edited, from the grid
+    with imageio.get_reader(turntable) as reader:
+        frames = [np.asarray(f).astype(np.float64) for f in reader]
+    assert len(frames) == 3 * 8
+    scale = frames[0].shape[0] // size
+    assert frames[0].shape[:2] == (size * scale, 2 * size * scale)
+    for k, frame in enumerate(frames[:8]):  # each frame, shrunk back, is its view's pair (up to the video codec)
+        shrunk = frame.reshape(size, scale, 2 * size, scale, 3).mean((1, 3))
+        errors = [np.abs(shrunk - pair).mean() for pair in pairs]
+        assert int(np.argmin(errors)) == k and errors[k] < 8, (k, errors)
 
 
 def test_an_uploaded_strata_dataset_is_edited(tab, tmp_path):
@@ -71,6 +90,23 @@ def test_bad_zips_are_named_without_server_paths(tab, tmp_path):
                           (empty_scene, "one transforms.json")):
         _, _, _, text = tab.generate(progress=None, **(VALUES | dict(dataset_zip=str(path))))
         assert message in text and str(tmp_path) not in text, text
+
+
+@pytest.mark.parametrize("case", list(BAD_DATASETS))
+def test_a_bad_uploaded_dataset_is_named_and_leaves_the_work_folder_as_it_was(tab, tmp_path, case):
+    """Guards: an upload that passes the zip checks but not the dataset's (malformed transforms.json,
+    missing frames, views of different sizes, one view) ending as a traceback or a server path, or
+    leaving its unpacked scratch files or a half-written output in the work folder."""
+    spec = replace(sample_orbit_spec(4), n_cameras=3, resolution=16)
+    write_nerfstudio_dataset(spec, render_orbit(spec), tmp_path / "scene")
+    break_it, message = BAD_DATASETS[case]
+    break_it(tmp_path / "scene")
+    archive = shutil.make_archive(str(tmp_path / "scene"), "zip", tmp_path, "scene")
+    before = snapshot(tab.work.root)
+    grid, turntable, result, text = tab.generate(progress=None, **(VALUES | dict(dataset_zip=archive)))
+    assert grid is None and turntable is None and result is None, text
+    assert text.startswith(f"⚠️ {message}") and str(tmp_path) not in text, text
+    assert snapshot(tab.work.root) == before
 
 
 def test_stop_ends_the_edit_at_its_next_step_and_leaves_nothing(tab):
