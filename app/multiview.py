@@ -28,6 +28,7 @@ from pipelines.multiview_edit.cli import METHODS, grid_png, prepare
 from qnerf import FitSettings
 
 MAX_DATASET_BYTES = 64 << 20
+MAX_PROMPT = 300  # characters
 # blend first (the default): guidance lost edited objects on a report seed (benchmarks/RESULTS.md,
 # "Nineteenth session") and neither moves the views' agreement on the embedded model
 METHOD_LABELS = {"QNeRF blend (faster)": "blend", "QNeRF guidance (the paper)": "guidance",
@@ -45,8 +46,9 @@ class MultiViewTab:
         return "Stopping…"
 
     def generate(self, model_name, seed, dataset_zip, object_index, move_x, move_y, scale, colour, method, steps,
-                 fit_seconds, progress=gr.Progress(), request: gr.Request = None):
-        """(grid PNG path, turntable mp4 path, zip of the edited dataset, message)."""
+                 fit_seconds, prompt="", progress=gr.Progress(), request: gr.Request = None):
+        """(grid PNG path, turntable mp4 path, zip of the edited dataset, message). prompt: the scene after the
+        edit (empty: an orbit scene's own caption; an uploaded folder with control maps needs one)."""
         folder = None
         page = getattr(request, "session_hash", None)
         self.stops.clear(page)
@@ -66,6 +68,10 @@ class MultiViewTab:
                 edit["colour"] = str(colour)
             if len(edit) == 1:
                 raise ValueError("edit: choose a move, a scale other than 1 or a colour")
+            if not isinstance(prompt or "", str) or len(prompt or "") > MAX_PROMPT:
+                raise ValueError(f"prompt: expected text of at most {MAX_PROMPT} characters")
+            if prompt and prompt.strip():
+                edit["prompt"] = prompt.strip()
             if method not in METHOD_LABELS:
                 raise ValueError(f"method: expected one of {list(METHOD_LABELS)}, got {method!r}")
             if not isinstance(fit_seconds, (int, float)) or not 1 <= fit_seconds <= 30:
@@ -143,6 +149,8 @@ def build_multiview_tab(tab: MultiViewTab, model_name: gr.Dropdown) -> None:
                 move_y = gr.Number(value=0.0, label="Move y (m)")
             scale = gr.Slider(0.25, 4, value=1.0, step=0.05, label="Scale")
             colour = gr.Dropdown([""] + list(COLOURS), value="", label="New colour (empty: keep)")
+            prompt = gr.Textbox(label="The scene after the edit (empty: the orbit scene's caption; an uploaded "
+                                      "folder with control maps needs it)", max_lines=1, max_length=MAX_PROMPT)
             method = gr.Radio(list(METHOD_LABELS), value=next(iter(METHOD_LABELS)), label="Method")
             with gr.Accordion("Advanced", open=False):
                 steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
@@ -156,6 +164,6 @@ def build_multiview_tab(tab: MultiViewTab, model_name: gr.Dropdown) -> None:
                                  elem_id="mv-turntable")
             files = gr.File(label="The edited views as a nerfstudio dataset folder", interactive=False, visible=False)
     reveal_file(go.click(tab.generate, [model_name, seed, dataset, object_index, move_x, move_y, scale, colour, method,
-                                        steps, fit_seconds], [grid, turntable, files, message],
+                                        steps, fit_seconds, prompt], [grid, turntable, files, message],
                          api_name="edit_multiview", show_progress_on=[message]), files)
     stop.click(tab.stop, None, message, api_name=False, concurrency_limit=None, show_progress="hidden")

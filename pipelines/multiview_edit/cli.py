@@ -117,7 +117,8 @@ def prepare(args, channels: int) -> tuple[dict, dict]:
     if args.controls is None:
         raise ValueError("--controls: this dataset does not carry a Strata scene; give one control map per view")
     if not args.prompt and "prompt" not in edit:
-        raise ValueError("--prompt: the scene's prompt after the edit is needed with --controls")
+        raise ValueError("prompt: the scene after the edit is needed with control maps (--prompt, or \"prompt\" "
+                         "in the edit)")
     controls = read_control_maps(args.controls, len(views.images), views.images.shape[1:3], channels)
     return dict(images=views.images, cameras=views.cameras, control_image=controls, source_control_image=None,
                 depths=None, prompt=args.prompt or edit["prompt"], source_prompt=args.source_prompt), {}

@@ -15,7 +15,7 @@ from PIL import Image
 from app.files import WorkFolder
 from app.multiview import MultiViewTab
 from app.models import ModelCache
-from tests.test_multiview_edit import BAD_DATASETS, snapshot
+from tests.test_multiview_edit import BAD_DATASETS, _without_scene, snapshot
 from tests.tiny_models import sd1_components, tiny_controlnet
 from world.orbit import render_orbit, sample_orbit_spec, write_nerfstudio_dataset
 
@@ -123,3 +123,25 @@ def test_stop_ends_the_edit_at_its_next_step_and_leaves_nothing(tab):
     assert tab.work.size() == before
     grid, *_ = tab.generate(progress=None, request=page, **VALUES)  # the next edit is not stopped
     assert grid is not None
+
+
+def test_an_uploaded_folder_with_control_maps_is_edited_with_the_prompt_given(tab, tmp_path):
+    """Guards: a plain nerfstudio folder with a controls/ folder (no Strata scene) that the app could not
+    edit, for want of a prompt field (the CLI has --prompt); without one, the message says what is
+    missing and nothing is left behind."""
+    spec = replace(sample_orbit_spec(4), n_cameras=3, resolution=16)
+    folder = tmp_path / "scene"
+    write_nerfstudio_dataset(spec, render_orbit(spec), folder)
+    _without_scene(folder)
+    (folder / "controls").mkdir()
+    for k in range(3):
+        Image.new("RGBA", (16, 16), (200, 30, 30, 128)).save(folder / "controls" / f"frame_{k:05d}.png")
+    archive = shutil.make_archive(str(folder), "zip", tmp_path, "scene")
+    before = snapshot(tab.work.root)
+    grid, _, result, text = tab.generate(progress=None, **(VALUES | dict(dataset_zip=archive)))
+    assert grid is None and text.startswith("⚠️ prompt: the scene after the edit is needed"), text
+    assert snapshot(tab.work.root) == before
+    grid, _, result, text = tab.generate(progress=None, **(VALUES | dict(dataset_zip=archive, prompt="a red ball")))
+    assert grid and "3 views edited" in text, text
+    _, _, _, text = tab.generate(progress=None, **(VALUES | dict(prompt="x" * 301)))
+    assert "prompt: expected text of at most 300 characters" in text, text
