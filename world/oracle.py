@@ -115,7 +115,7 @@ def outline(pixels: np.ndarray) -> tuple[float, float, float]:
 
 def shape_of(roundness: float, solidity: float, aspect: float) -> str:
     """"irregular" unless solid (MIN_SOLIDITY) and about as long as wide along its principal axes
-    (MAX_ASPECT); then the shape whose roundness is nearest: triangle, square or circle."""
+    (MAX_ASPECT); then triangle, square or circle by its roundness (thresholds between the world's own)."""
     if solidity < MIN_SOLIDITY or aspect > MAX_ASPECT:
         return "irregular"
     if roundness < _TRIANGLE_SQUARE:
